@@ -1,0 +1,5 @@
+//! smtpsrv: write SMTP servers like a boss.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod proto;
