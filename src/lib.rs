@@ -3,3 +3,5 @@
 #![warn(missing_docs)]
 
 pub mod proto;
+pub mod sasl;
+pub mod tls;
