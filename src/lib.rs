@@ -3,5 +3,6 @@
 #![warn(missing_docs)]
 
 pub mod proto;
+pub mod proxy;
 pub mod sasl;
 pub mod tls;
