@@ -1,0 +1,168 @@
+//! A tokio-util codec for SMTP: a thin adapter over the sans-IO receivers in
+//! [`crate::proto`] that switches between command lines, AUTH lines, DATA
+//! bodies and BDAT chunks as the session asks (see [`InputMode`]).
+//!
+//! The codec never lets a buffer grow past the limits it was given: an
+//! over-long line is drained and reported once as [`Frame::LineTooLong`];
+//! an over-size body is drained to its end and reported as too large.
+//!
+//! The message body accumulates inside the codec (across BDAT chunks too)
+//! and is taken with [`SmtpCodec::take_body`] when the session has accepted
+//! it, as a `Bytes` without another copy.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::proto::{
+    BdatOutcome, BdatReceiver, Command, CommandError, DataOutcome, DataReceiver, LineEndings,
+    LineEvent, LineReader, Reply,
+};
+use crate::session::InputMode;
+
+/// One decoded unit of client input.
+#[derive(Debug)]
+pub enum Frame {
+    /// A command line, parsed.
+    Command(Result<Command, CommandError>),
+    /// A line during an AUTH exchange (without CRLF).
+    AuthResponse(BytesMut),
+    /// A line longer than allowed; it was discarded up to its CRLF.
+    LineTooLong,
+    /// The end of a DATA body (`CRLF.CRLF` consumed).
+    DataEnd(DataOutcome),
+    /// The end of a BDAT chunk (exactly its octets consumed).
+    BdatEnd(BdatOutcome),
+}
+
+#[derive(Debug)]
+enum Mode {
+    Command(LineReader, usize),
+    Auth(LineReader, usize),
+    Data(DataReceiver),
+    Bdat(BdatReceiver),
+}
+
+/// The SMTP decoder/encoder.
+#[derive(Debug)]
+pub struct SmtpCodec {
+    mode: Mode,
+    max_line: usize,
+    line_endings: LineEndings,
+    body: BytesMut,
+}
+
+impl SmtpCodec {
+    /// A codec reading commands of at most `max_line` octets.
+    pub fn new(max_line: usize, line_endings: LineEndings) -> Self {
+        SmtpCodec {
+            mode: Mode::Command(LineReader::new(max_line), max_line),
+            max_line,
+            line_endings,
+            body: BytesMut::new(),
+        }
+    }
+
+    /// Switches to the input mode the session wants next. Staying in the
+    /// same line mode keeps the reader's state.
+    pub fn set_mode(&mut self, mode: InputMode) {
+        match (mode, &self.mode) {
+            (InputMode::Command { max_line }, Mode::Command(_, m)) if *m == max_line => {}
+            (InputMode::AuthResponse { max_line }, Mode::Auth(_, m)) if *m == max_line => {}
+            (InputMode::Command { max_line }, _) => {
+                self.max_line = max_line;
+                self.mode = Mode::Command(LineReader::new(max_line), max_line);
+            }
+            (InputMode::AuthResponse { max_line }, _) => {
+                self.mode = Mode::Auth(LineReader::new(max_line), max_line);
+            }
+            (InputMode::Data { max_bytes }, _) => {
+                self.body.clear();
+                self.mode = Mode::Data(DataReceiver::new(max_bytes, self.line_endings));
+            }
+            (
+                InputMode::Bdat {
+                    size,
+                    room,
+                    discard,
+                    first,
+                },
+                _,
+            ) => {
+                if first {
+                    self.body.clear();
+                }
+                self.mode = Mode::Bdat(if discard {
+                    BdatReceiver::discard(size)
+                } else {
+                    BdatReceiver::new(size, room)
+                });
+            }
+        }
+    }
+
+    /// Octets of message body held so far.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Frees the body held so far (the rest of the transfer is drained by
+    /// the caller's decision, e.g. when the memory budget is exhausted).
+    pub fn discard_body(&mut self) {
+        self.body = BytesMut::new();
+    }
+
+    /// Takes the complete message body.
+    pub fn take_body(&mut self) -> Bytes {
+        std::mem::take(&mut self.body).freeze()
+    }
+
+    fn back_to_commands(&mut self) {
+        self.mode = Mode::Command(LineReader::new(self.max_line), self.max_line);
+    }
+}
+
+impl Decoder for SmtpCodec {
+    type Item = Frame;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, io::Error> {
+        let frame = match &mut self.mode {
+            Mode::Command(reader, _) => match reader.poll_line(src) {
+                None => None,
+                Some(LineEvent::TooLong) => Some(Frame::LineTooLong),
+                Some(LineEvent::Line(line)) => Some(Frame::Command(Command::parse(&line))),
+            },
+            Mode::Auth(reader, _) => match reader.poll_line(src) {
+                None => None,
+                Some(LineEvent::TooLong) => Some(Frame::LineTooLong),
+                Some(LineEvent::Line(line)) => Some(Frame::AuthResponse(line)),
+            },
+            Mode::Data(receiver) => receiver.feed(src, &mut self.body).map(Frame::DataEnd),
+            Mode::Bdat(receiver) => receiver.feed(src, &mut self.body).map(Frame::BdatEnd),
+        };
+        if matches!(frame, Some(Frame::DataEnd(_) | Frame::BdatEnd(_))) {
+            self.back_to_commands();
+        }
+        Ok(frame)
+    }
+}
+
+impl Encoder<Reply> for SmtpCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, reply: Reply, dst: &mut BytesMut) -> Result<(), io::Error> {
+        reply.encode(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<&Reply> for SmtpCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, reply: &Reply, dst: &mut BytesMut) -> Result<(), io::Error> {
+        reply.encode(dst);
+        Ok(())
+    }
+}

@@ -1,0 +1,82 @@
+//! Server settings and their defaults (see the table in DESIGN.md).
+
+use std::time::Duration;
+
+use crate::proto::LineEndings;
+use crate::proxy::TrustedProxies;
+
+/// Every setting of a server; built by [`Builder`](crate::Builder).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub hostname: String,
+    pub max_message_bytes: usize,
+    pub max_recipients: usize,
+    pub max_messages_per_session: Option<u32>,
+    pub max_line_len: usize,
+    pub max_auth_line_len: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_errors: usize,
+    pub line_endings: LineEndings,
+    pub starttls: bool,
+    pub require_tls: bool,
+    pub auth: bool,
+    pub allow_insecure_auth: bool,
+    pub require_auth: bool,
+    pub auth_failure_delay: Duration,
+    pub lmtp: bool,
+    pub dsn: bool,
+    pub chunking: bool,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub memory_budget: usize,
+    pub proxy: Option<TrustedProxies>,
+    pub proxy_timeout: Duration,
+    pub hooks: HookFlags,
+}
+
+/// Which early-decision hooks are installed (the session asks only those).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HookFlags {
+    pub connect: bool,
+    pub helo: bool,
+    pub mail: bool,
+    pub rcpt: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: "localhost".into(),
+            max_message_bytes: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_messages_per_session: None,
+            // RFC 5321 4.5.3.1.4 says 512; slack for long SMTPUTF8 paths and
+            // parameter lists, as Postfix and others allow.
+            max_line_len: 1024,
+            // RFC 4954 4: AUTH lines may be up to 12288 octets.
+            max_auth_line_len: 12288,
+            command_timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
+            handshake_timeout: Duration::from_secs(10),
+            max_errors: 20,
+            line_endings: LineEndings::Reject,
+            starttls: false,
+            require_tls: false,
+            auth: false,
+            allow_insecure_auth: false,
+            require_auth: false,
+            auth_failure_delay: Duration::from_secs(1),
+            lmtp: false,
+            dsn: true,
+            chunking: true,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            memory_budget: 1024 * 1024 * 1024,
+            proxy: None,
+            proxy_timeout: Duration::from_secs(10),
+            hooks: HookFlags::default(),
+        }
+    }
+}

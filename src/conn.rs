@@ -1,0 +1,507 @@
+//! Drives one connection: socket IO, timeouts, the STARTTLS upgrade,
+//! pipelining, hooks and message delivery around the pure [`Session`].
+//!
+//! Replies are buffered and flushed only when no complete input is left to
+//! process (RFC 2920 pipelining), so a pipelined `MAIL`/`RCPT`/`DATA` batch
+//! costs one write. The command deadline is fixed per command (a byte every
+//! few seconds does not keep a slow client alive); in DATA it is re-armed on
+//! every read, since a large message may legitimately take long.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+use tracing::Instrument;
+
+use crate::budget::{MemoryBudget, Reservation};
+use crate::codec::{Frame, SmtpCodec};
+use crate::config::Config;
+use crate::context::Context;
+use crate::hooks::{Hooks, ask, authenticate, call_guarded};
+use crate::info::SessionInfo;
+use crate::proto::{BdatOutcome, DataOutcome, Reply};
+use crate::reply_conv::{BoxError, Delivery, IntoDelivery, error_reply};
+use crate::session::{Action, Check, InputMode, Received, Session};
+use crate::stage::Connect;
+use crate::tls::{TlsConfig, TlsInfo};
+
+/// A plain or TLS stream over the same socket.
+pub(crate) enum Transport<IO> {
+    Plain(IO),
+    Tls(Box<TlsStream<IO>>),
+    /// Only during the STARTTLS handshake.
+    Upgrading,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Transport<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Transport::Tls(io) => Pin::new(io).poll_read(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Transport::Tls(io) => Pin::new(io).poll_write(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(io) => Pin::new(io).poll_flush(cx),
+            Transport::Tls(io) => Pin::new(io).poll_flush(cx),
+            Transport::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Transport::Tls(io) => Pin::new(io).poll_shutdown(cx),
+            Transport::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Why reading stopped.
+enum ReadStop {
+    Eof,
+    Timeout,
+    Shutdown,
+    Failed,
+}
+
+/// Whether the connection goes on.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Below this a buffer is kept between commands; above it, released when
+/// empty, so idle connections stay small.
+const IDLE_BUFFER: usize = 4 * 1024;
+/// How much to read at once while receiving a message.
+const DATA_READ: usize = 64 * 1024;
+/// How much to read at once between commands.
+const COMMAND_READ: usize = 1024;
+
+pub(crate) struct Connection<IO, S> {
+    transport: Transport<IO>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    codec: SmtpCodec,
+    session: Session,
+    service: S,
+    hooks: Hooks,
+    tls: Option<TlsConfig>,
+    config: Arc<Config>,
+    budget: Option<Arc<MemoryBudget>>,
+    reservation: Option<Reservation>,
+    over_budget: bool,
+    shutdown: CancellationToken,
+    deadline: Instant,
+}
+
+impl<IO, S> Connection<IO, S>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Context> + Send,
+    S::Response: IntoDelivery,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        transport: Transport<IO>,
+        read_buf: BytesMut,
+        info: SessionInfo,
+        service: S,
+        hooks: Hooks,
+        tls: Option<TlsConfig>,
+        config: Arc<Config>,
+        budget: Option<Arc<MemoryBudget>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mut info = info;
+        if let Transport::Tls(stream) = &transport {
+            info.tls = Some(Arc::new(TlsInfo::from_connection(stream.get_ref().1)));
+        }
+        Connection {
+            transport,
+            read_buf,
+            write_buf: BytesMut::new(),
+            codec: SmtpCodec::new(config.max_line_len, config.line_endings),
+            session: Session::new(config.clone(), budget.clone(), info),
+            service,
+            hooks,
+            tls,
+            deadline: Instant::now() + config.command_timeout,
+            config,
+            budget,
+            reservation: None,
+            over_budget: false,
+            shutdown,
+        }
+    }
+
+    /// Runs the session to its end.
+    pub(crate) async fn run(mut self) {
+        let span = tracing::info_span!(
+            "smtp.session",
+            id = %self.session.info().id(),
+            peer = %self.session.info().peer_addr(),
+        );
+        async move {
+            tracing::debug!("connected");
+            self.serve().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.transport.shutdown()).await;
+            tracing::debug!("closed");
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve(&mut self) {
+        let refusal = match &mut self.hooks.connect {
+            Some(hook) => {
+                let mut req = Connect::new(self.session.info().clone());
+                req.extensions = self.session.session_extensions().clone();
+                let answer = ask(hook, req, self.config.command_timeout).await;
+                (answer.code() >= 400).then_some(answer)
+            }
+            None => None,
+        };
+        let greeting = self.session.greeting(refusal);
+        if self.perform(greeting).await == Flow::Close {
+            return;
+        }
+        loop {
+            let frame = match self.codec.decode(&mut self.read_buf) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            };
+            if let Some(frame) = frame {
+                let action = self.on_frame(frame);
+                if self.perform(action).await == Flow::Close {
+                    return;
+                }
+                self.codec.set_mode(self.session.input_mode());
+                if matches!(self.session.input_mode(), InputMode::Command { .. }) {
+                    self.deadline = Instant::now() + self.config.command_timeout;
+                }
+                continue;
+            }
+            self.account_body();
+            // Nothing complete is buffered: the client waits for our replies.
+            if !self.write_buf.is_empty() && self.flush().await.is_err() {
+                return;
+            }
+            match self.read_more().await {
+                Ok(()) => {}
+                Err(ReadStop::Eof | ReadStop::Failed) => return,
+                Err(ReadStop::Timeout) => {
+                    let r = Reply::new(
+                        421,
+                        (4, 4, 2),
+                        format!("{} Timeout, closing connection", self.config.hostname),
+                    );
+                    tracing::info!("timeout");
+                    self.close_with(r).await;
+                    return;
+                }
+                Err(ReadStop::Shutdown) => {
+                    let r = Reply::new(
+                        421,
+                        (4, 3, 0),
+                        format!("{} Service shutting down", self.config.hostname),
+                    );
+                    self.close_with(r).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Action {
+        match frame {
+            Frame::Command(cmd) => self.session.command(cmd),
+            Frame::LineTooLong => self.session.line_too_long(),
+            Frame::AuthResponse(line) => self.session.auth_response(&line),
+            Frame::DataEnd(outcome) => {
+                let received = match outcome {
+                    DataOutcome::TooLarge => Received::TooLarge,
+                    _ if self.over_budget => Received::OverBudget,
+                    DataOutcome::BareLineEnding => Received::BareLineEnding,
+                    DataOutcome::Complete => Received::Complete(self.codec.take_body()),
+                };
+                self.end_of_body(&received);
+                self.session.received(received)
+            }
+            Frame::BdatEnd(outcome) => {
+                let last_or_failed = !matches!(self.session.input_mode(), InputMode::Bdat { .. });
+                let received = match outcome {
+                    BdatOutcome::TooLarge => Received::TooLarge,
+                    _ if self.over_budget => Received::OverBudget,
+                    // The session decides whether this was the last chunk;
+                    // the body stays in the codec until then.
+                    BdatOutcome::Complete | BdatOutcome::Discarded => {
+                        Received::Complete(bytes::Bytes::new())
+                    }
+                };
+                let _ = last_or_failed;
+                let action = self.session.received(received);
+                match action {
+                    Action::Deliver(mut ctx) => {
+                        ctx.set_message(self.codec.take_body());
+                        Action::Deliver(ctx)
+                    }
+                    other => {
+                        if matches!(&other, Action::Reply(r) if r.code() >= 400) {
+                            self.codec.discard_body();
+                            self.reservation = None;
+                            self.over_budget = false;
+                        }
+                        other
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frees the budget of a body that is not going to the service.
+    fn end_of_body(&mut self, received: &Received) {
+        if !matches!(received, Received::Complete(_)) {
+            self.codec.discard_body();
+            self.reservation = None;
+        }
+        self.over_budget = false;
+    }
+
+    /// Keeps the memory budget covering the body buffered so far; past the
+    /// budget the body is dropped and the transfer drained (452 at its end).
+    fn account_body(&mut self) {
+        if !matches!(
+            self.session.input_mode(),
+            InputMode::Data { .. } | InputMode::Bdat { discard: false, .. }
+        ) {
+            return;
+        }
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let len = self.codec.body_len();
+        if self.over_budget {
+            self.codec.discard_body();
+            return;
+        }
+        let reservation = self
+            .reservation
+            .get_or_insert_with(|| Reservation::empty(budget.clone()));
+        if !reservation.cover(len) {
+            tracing::warn!(len, "memory budget exhausted; draining message");
+            self.over_budget = true;
+            self.codec.discard_body();
+        }
+    }
+
+    async fn perform(&mut self, mut action: Action) -> Flow {
+        loop {
+            action = match action {
+                Action::Reply(r) => {
+                    r.encode(&mut self.write_buf);
+                    return Flow::Continue;
+                }
+                Action::Close(r) => {
+                    self.close_with(r).await;
+                    return Flow::Close;
+                }
+                Action::Receive(r) => {
+                    if let Some(r) = r {
+                        r.encode(&mut self.write_buf);
+                    }
+                    return Flow::Continue;
+                }
+                Action::StartTls(r) => {
+                    r.encode(&mut self.write_buf);
+                    return self.start_tls().await;
+                }
+                Action::Check(check) => self.check(check).await,
+                Action::Deliver(ctx) => {
+                    self.deliver(*ctx).await;
+                    return Flow::Continue;
+                }
+            };
+        }
+    }
+
+    async fn check(&mut self, check: Check) -> Action {
+        let limit = self.config.command_timeout;
+        let hooks = &mut self.hooks;
+        let answer = match check {
+            Check::Helo(req) => match &mut hooks.helo {
+                Some(h) => ask(h, req, limit).await,
+                None => Reply::ok(),
+            },
+            Check::Mail(req) => match &mut hooks.mail {
+                Some(h) => ask(h, req, limit).await,
+                None => Reply::ok(),
+            },
+            Check::Rcpt(req) => match &mut hooks.rcpt {
+                Some(h) => ask(h, req, limit).await,
+                None => Reply::ok(),
+            },
+            Check::Auth(req) => {
+                let result = authenticate(hooks.auth.as_mut(), req, limit).await;
+                if result.is_err() && !self.config.auth_failure_delay.is_zero() {
+                    // Slow down password guessing; grows with each failure.
+                    let n = self.session.auth_failures().min(4) + 1;
+                    tokio::time::sleep(self.config.auth_failure_delay * n).await;
+                }
+                return self.session.authenticated(result);
+            }
+        };
+        self.session.checked(answer)
+    }
+
+    async fn deliver(&mut self, ctx: Context) {
+        let recipients = ctx.recipients().len();
+        let span = tracing::info_span!(
+            "smtp.message",
+            id = %ctx.id(),
+            from = %ctx.reverse_path().map_or("<>", |a| a.as_str()),
+            rcpts = recipients,
+            size = ctx.size(),
+        );
+        let started = Instant::now();
+        let result = call_guarded(&mut self.service, ctx, self.config.data_timeout)
+            .instrument(span.clone())
+            .await;
+        let delivery = match result {
+            Ok(response) => response.into_delivery(),
+            Err(e) => Delivery::All(error_reply(e)),
+        };
+        self.reservation = None;
+        let replies = self.session.delivered(delivery, recipients);
+        span.in_scope(|| {
+            tracing::info!(
+                code = replies.first().map_or(0, Reply::code),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "message answered"
+            )
+        });
+        for r in replies {
+            r.encode(&mut self.write_buf);
+        }
+    }
+
+    async fn start_tls(&mut self) -> Flow {
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // Anything the client sent after STARTTLS was sent in plaintext
+        // before the handshake: never act on it (CVE-2011-0411).
+        self.read_buf = BytesMut::new();
+        let Some(tls) = &self.tls else {
+            return Flow::Close;
+        };
+        let io = match std::mem::replace(&mut self.transport, Transport::Upgrading) {
+            Transport::Plain(io) => io,
+            other => {
+                self.transport = other;
+                return Flow::Close;
+            }
+        };
+        let handshake = tls.acceptor().accept(io);
+        match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => {
+                let info = TlsInfo::from_connection(stream.get_ref().1);
+                tracing::debug!(version = %info.version, cipher = %info.cipher, "TLS established");
+                self.transport = Transport::Tls(Box::new(stream));
+                self.session.tls_established(info);
+                self.codec.set_mode(self.session.input_mode());
+                Flow::Continue
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                Flow::Close
+            }
+            Err(_) => {
+                tracing::info!("TLS handshake timed out");
+                Flow::Close
+            }
+        }
+    }
+
+    async fn close_with(&mut self, reply: Reply) {
+        reply.encode(&mut self.write_buf);
+        let _ = self.flush().await;
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        let write = async {
+            self.transport.write_all(&self.write_buf).await?;
+            self.transport.flush().await
+        };
+        let result = tokio::time::timeout(self.config.command_timeout, write).await;
+        self.write_buf.clear();
+        if self.write_buf.capacity() > IDLE_BUFFER {
+            self.write_buf = BytesMut::new();
+        }
+        match result {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), ReadStop> {
+        let receiving = !matches!(
+            self.session.input_mode(),
+            InputMode::Command { .. } | InputMode::AuthResponse { .. }
+        );
+        let deadline = if receiving {
+            Instant::now() + self.config.data_timeout
+        } else {
+            self.deadline
+        };
+        if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUFFER && !receiving {
+            self.read_buf = BytesMut::new();
+        }
+        self.read_buf
+            .reserve(if receiving { DATA_READ } else { COMMAND_READ });
+        let idle = !self.session.in_transaction() && self.read_buf.is_empty();
+        let read = self.transport.read_buf(&mut self.read_buf);
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled(), if idle => Err(ReadStop::Shutdown),
+            r = tokio::time::timeout_at(deadline, read) => match r {
+                Ok(Ok(0)) => Err(ReadStop::Eof),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(ReadStop::Failed),
+                Err(_) => Err(ReadStop::Timeout),
+            },
+        }
+    }
+}

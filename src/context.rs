@@ -1,0 +1,193 @@
+//! [`Context`]: everything a message handler receives.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::email::{Email, ParseError};
+use crate::envelope::{Envelope, Recipient};
+use crate::extensions::Extensions;
+use crate::info::{Identity, SessionInfo};
+use crate::proto::{Address, MailParams};
+use crate::tls::TlsInfo;
+
+/// A unique id for one message, for logs and file names: the session id and
+/// the message's number within the session, e.g. `18c2f0a1b2c3d00.1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(Arc<str>);
+
+impl MessageId {
+    pub(crate) fn new(session: &SessionInfo, n: u32) -> Self {
+        MessageId(format!("{}.{}", session.id(), n).into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One received message with its envelope and the facts of the session it
+/// came in: what a message handler (`Service<Context>`) is called with.
+///
+/// The message bytes are exactly what the client sent, after dot-unstuffing,
+/// CRLF line endings kept: no header is added and nothing is rewritten.
+#[derive(Debug, Clone)]
+pub struct Context {
+    id: MessageId,
+    session: Arc<SessionInfo>,
+    envelope: Envelope,
+    message: Bytes,
+    received_at: SystemTime,
+    extensions: Extensions,
+}
+
+impl Context {
+    /// A context for a message (the server builds these; public so that
+    /// layers and handlers can be tested without a socket).
+    pub fn new(session: Arc<SessionInfo>, envelope: Envelope, message: Bytes) -> Self {
+        Self::numbered(session, envelope, message, 1)
+    }
+
+    pub(crate) fn numbered(
+        session: Arc<SessionInfo>,
+        envelope: Envelope,
+        message: Bytes,
+        n: u32,
+    ) -> Self {
+        Context {
+            id: MessageId::new(&session, n),
+            session,
+            envelope,
+            message,
+            received_at: SystemTime::now(),
+            extensions: Extensions::new(),
+        }
+    }
+
+    pub(crate) fn set_extensions(&mut self, extensions: Extensions) {
+        self.extensions = extensions;
+    }
+
+    /// The message's unique id.
+    pub fn id(&self) -> &MessageId {
+        &self.id
+    }
+
+    /// The session's facts: addresses, HELO name, TLS, identity.
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+
+    /// The client's address (the real one after the PROXY protocol).
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.session.peer_addr()
+    }
+
+    /// The address the client connected to.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.session.local_addr()
+    }
+
+    /// The name the client gave in HELO/EHLO/LHLO.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.session.helo_name()
+    }
+
+    /// TLS facts, if the message came over TLS.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.session.tls()
+    }
+
+    /// The authenticated identity (never the password).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.session.identity()
+    }
+
+    /// The envelope.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The reverse-path; `None` is the null sender `<>`.
+    pub fn reverse_path(&self) -> Option<&Address> {
+        self.envelope.reverse_path()
+    }
+
+    /// Every recipient, in `RCPT` order.
+    pub fn recipients(&self) -> &[Recipient] {
+        self.envelope.recipients()
+    }
+
+    /// The `MAIL FROM` parameters.
+    pub fn mail_params(&self) -> &MailParams {
+        self.envelope.mail_params()
+    }
+
+    /// The raw message (headers and body), as received.
+    pub fn message(&self) -> &Bytes {
+        &self.message
+    }
+
+    /// The message size in octets.
+    pub fn size(&self) -> usize {
+        self.message.len()
+    }
+
+    /// The message as an [`AsyncRead`](tokio::io::AsyncRead), e.g. to stream
+    /// it into a file or an HTTP body. Cheap: the bytes are shared.
+    pub fn reader(&self) -> std::io::Cursor<Bytes> {
+        std::io::Cursor::new(self.message.clone())
+    }
+
+    /// When the end of the data was received.
+    pub fn received_at(&self) -> SystemTime {
+        self.received_at
+    }
+
+    /// Parses the message (MIME, headers, bodies, attachments).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use smtpsrv::{Context, Envelope, SessionInfo};
+    /// # let session = Arc::new(SessionInfo::new(
+    /// #     "192.0.2.1:5000".parse().unwrap(), "127.0.0.1:25".parse().unwrap()));
+    /// let raw = "Subject: Hello\r\nFrom: Ann <ann@example.org>\r\n\r\nHi there\r\n";
+    /// let ctx = Context::new(session, Envelope::default(), raw.into());
+    /// let email = ctx.parse().unwrap();
+    /// assert_eq!(email.subject(), Some("Hello"));
+    /// assert_eq!(email.from()[0].address.as_deref(), Some("ann@example.org"));
+    /// assert_eq!(email.text_body().as_deref(), Some("Hi there\r\n"));
+    /// ```
+    pub fn parse(&self) -> Result<Email, ParseError> {
+        Email::parse(self.message.clone())
+    }
+
+    /// Results left by layers (SPF, DKIM, DMARC, ...).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Mutable access, for layers that add results.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// Replaces the message bytes, e.g. for a layer that prepends a header.
+    pub fn set_message(&mut self, message: Bytes) {
+        self.message = message;
+    }
+
+    /// Takes the message bytes out.
+    pub fn into_message(self) -> Bytes {
+        self.message
+    }
+}

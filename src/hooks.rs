@@ -1,0 +1,134 @@
+//! The installed early-decision hooks, boxed so the server has one type
+//! whatever services the user plugs in, and the one place where they (and
+//! the message service) are called: readiness, timeout, panic containment.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
+
+use crate::info::Identity;
+use crate::proto::Reply;
+use crate::reply_conv::{BoxError, IntoReply, error_reply};
+use crate::session::AuthResult;
+use crate::stage::{Authenticate, Connect, Helo, MailFrom, RcptTo};
+
+/// A stage hook whose answer is already a reply.
+pub(crate) type Hook<R> = BoxCloneService<R, Reply, BoxError>;
+
+/// The authenticator, answering an identity or a refusal.
+pub(crate) type AuthHook = BoxCloneService<Authenticate, Option<Identity>, BoxError>;
+
+/// Every installed hook (cloned per connection).
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    pub connect: Option<Hook<Connect>>,
+    pub helo: Option<Hook<Helo>>,
+    pub mail: Option<Hook<MailFrom>>,
+    pub rcpt: Option<Hook<RcptTo>>,
+    pub auth: Option<AuthHook>,
+}
+
+/// Boxes a user's stage service.
+pub(crate) fn boxed_hook<R, S>(service: S) -> Hook<R>
+where
+    R: Send + 'static,
+    S: Service<R> + Clone + Send + 'static,
+    S::Response: IntoReply,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    BoxCloneService::new(
+        service
+            .map_response(IntoReply::into_reply)
+            .map_err(Into::into),
+    )
+}
+
+/// Boxes a user's authenticator.
+pub(crate) fn boxed_authenticator<S>(service: S) -> AuthHook
+where
+    S: Service<Authenticate, Response = Option<Identity>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    BoxCloneService::new(service.map_err(Into::into))
+}
+
+/// Verifies credentials: `Some(identity)` accepts, `None` is `535 5.7.8`,
+/// a reply error is sent as is, any other error is `454 4.7.0`.
+pub(crate) async fn authenticate(
+    hook: Option<&mut AuthHook>,
+    request: Authenticate,
+    limit: Duration,
+) -> AuthResult {
+    let Some(hook) = hook else {
+        return Err(invalid_credentials());
+    };
+    match call_guarded(hook, request, limit).await {
+        Ok(Some(identity)) => Ok(identity),
+        Ok(None) => Err(invalid_credentials()),
+        Err(e) => Err(auth_error_reply(e)),
+    }
+}
+
+fn invalid_credentials() -> Reply {
+    Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
+}
+
+fn auth_error_reply(err: BoxError) -> Reply {
+    match err.downcast::<Reply>() {
+        Ok(reply) => *reply,
+        Err(err) => {
+            tracing::warn!(error = %err, "authenticator failed");
+            Reply::new(454, (4, 7, 0), "Temporary authentication failure")
+        }
+    }
+}
+
+/// Waits for readiness and calls, within `limit`, turning a panic or the
+/// timeout into an error. The future is dropped on timeout.
+pub(crate) async fn call_guarded<S, R>(
+    service: &mut S,
+    request: R,
+    limit: Duration,
+) -> Result<S::Response, BoxError>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    let call = async {
+        service.ready().await.map_err(Into::into)?;
+        service.call(request).await.map_err(Into::into)
+    };
+    match tokio::time::timeout(limit, AssertUnwindSafe(call).catch_unwind()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "service panicked; answering 451");
+            Err(Box::new(Reply::new(
+                451,
+                (4, 3, 0),
+                "Internal error, try again later",
+            )))
+        }
+        Err(_) => Err(Box::new(tower::timeout::error::Elapsed::new())),
+    }
+}
+
+/// Calls a stage hook, mapping every failure to a reply.
+pub(crate) async fn ask<R: Send + 'static>(
+    hook: &mut Hook<R>,
+    request: R,
+    limit: Duration,
+) -> Reply {
+    call_guarded(hook, request, limit)
+        .await
+        .unwrap_or_else(error_reply)
+}

@@ -1,0 +1,150 @@
+//! Turning what services return into SMTP replies, in one place.
+//!
+//! Rejections are replies, not errors: a handler returns `Ok(Reply)` (or
+//! `Err(Reply)`, since [`Reply`] is an error type too). Errors that are not
+//! replies are mapped by [`error_reply`] to *temporary* failures, so a
+//! sending server retries instead of bouncing mail because a database was
+//! down (go-smtpsrv answered those with a permanent 554).
+
+use crate::proto::Reply;
+
+/// The error type services may return; anything `Into<BoxError>` works.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Converts a service's response into a [`Reply`].
+///
+/// `()` means `250 2.0.0 OK`. Implement it for your own types to return
+/// them from handlers.
+///
+/// ```
+/// use smtpsrv::{IntoReply, Reply};
+/// struct Stored { id: u64 }
+/// impl IntoReply for Stored {
+///     fn into_reply(self) -> Reply {
+///         Reply::new(250, (2, 0, 0), format!("Queued as {}", self.id))
+///     }
+/// }
+/// assert_eq!(Stored { id: 7 }.into_reply().text(), "Queued as 7");
+/// ```
+pub trait IntoReply {
+    /// The reply to send.
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoReply for Reply {
+    fn into_reply(self) -> Reply {
+        self
+    }
+}
+
+impl IntoReply for () {
+    fn into_reply(self) -> Reply {
+        Reply::ok()
+    }
+}
+
+impl<T: IntoReply, E: IntoReply> IntoReply for Result<T, E> {
+    fn into_reply(self) -> Reply {
+        match self {
+            Ok(t) => t.into_reply(),
+            Err(e) => e.into_reply(),
+        }
+    }
+}
+
+/// What a message handler's response becomes: one reply for the whole
+/// message, or (for LMTP) one per accepted recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One reply for every recipient.
+    All(Reply),
+    /// One reply per recipient, in `RCPT` order.
+    PerRecipient(Vec<Reply>),
+}
+
+/// A handler response with one reply per recipient, in `RCPT` order: what an
+/// LMTP server returns when it accepts some recipients and refuses others.
+///
+/// On a plain SMTP session only one reply can be sent: 250 when at least one
+/// recipient was accepted (the handler owns the others: it must bounce
+/// them), otherwise the first refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerRecipient(pub Vec<Reply>);
+
+/// Converts a message handler's response into a [`Delivery`]. Every
+/// [`IntoReply`] type is one; so is [`PerRecipient`].
+pub trait IntoDelivery {
+    /// The outcome to report.
+    fn into_delivery(self) -> Delivery;
+}
+
+impl<T: IntoReply> IntoDelivery for T {
+    fn into_delivery(self) -> Delivery {
+        Delivery::All(self.into_reply())
+    }
+}
+
+impl IntoDelivery for PerRecipient {
+    fn into_delivery(self) -> Delivery {
+        Delivery::PerRecipient(self.0)
+    }
+}
+
+/// Maps any error from a service or layer to the reply the client gets.
+///
+/// - a [`Reply`] is sent as is;
+/// - `tower::timeout::error::Elapsed` becomes `451 4.4.7`;
+/// - `tower::load_shed::error::Overloaded` becomes `451 4.3.2`;
+/// - anything else becomes `451 4.3.0`, a temporary failure, so that the
+///   sender keeps the message and retries.
+pub fn error_reply(err: BoxError) -> Reply {
+    match err.downcast::<Reply>() {
+        Ok(reply) => *reply,
+        Err(err) if err.is::<tower::timeout::error::Elapsed>() => Reply::new(
+            451,
+            (4, 4, 7),
+            "Timed out while processing, try again later",
+        ),
+        Err(err) if err.is::<tower::load_shed::error::Overloaded>() => {
+            Reply::new(451, (4, 3, 2), "Too busy, try again later")
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "service error answered with 451");
+            Reply::new(451, (4, 3, 0), "Temporary failure, try again later")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_temporary_replies() {
+        let r = error_reply(Box::new(Reply::new(550, (5, 1, 1), "No such user")));
+        assert_eq!(r.code(), 550);
+        let r = error_reply(Box::new(tower::timeout::error::Elapsed::new()));
+        assert_eq!(
+            (r.code(), r.status().unwrap().to_string()),
+            (451, "4.4.7".into())
+        );
+        let r = error_reply(Box::new(tower::load_shed::error::Overloaded::new()));
+        assert_eq!(r.code(), 451);
+        let r = error_reply("database down".into());
+        assert_eq!(
+            (r.code(), r.status().unwrap().to_string()),
+            (451, "4.3.0".into())
+        );
+    }
+
+    #[test]
+    fn responses_convert() {
+        assert_eq!(().into_reply(), Reply::ok());
+        let e: Result<(), Reply> = Err(Reply::new(554, (5, 7, 1), "no"));
+        assert_eq!(e.into_reply().code(), 554);
+        assert_eq!(
+            PerRecipient(vec![Reply::ok()]).into_delivery(),
+            Delivery::PerRecipient(vec![Reply::ok()])
+        );
+    }
+}

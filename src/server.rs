@@ -1,0 +1,727 @@
+//! The server: a builder for every setting and hook, listeners (plain with
+//! optional STARTTLS, or implicit TLS), connection caps, the accept loop
+//! with back-off, and graceful shutdown (like axum's `serve`).
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+use crate::budget::MemoryBudget;
+use crate::config::Config;
+use crate::conn::{Connection, Transport};
+use crate::context::Context;
+use crate::hooks::{Hooks, boxed_authenticator, boxed_hook};
+use crate::info::{Identity, SessionInfo};
+use crate::proto::LineEndings;
+use crate::proxy::{TrustedProxies, read_header_with_timeout};
+use crate::reply_conv::{BoxError, IntoDelivery, IntoReply};
+use crate::stage::{Authenticate, Connect, Helo, MailFrom, RcptTo};
+use crate::tls::TlsConfig;
+
+/// Configures a [`Server`]; every setting has a sensible default.
+///
+/// ```
+/// use std::time::Duration;
+/// let server = smtpsrv::Server::builder()
+///     .hostname("mx.example.com")
+///     .max_message_bytes(10 * 1024 * 1024)
+///     .max_recipients(50)
+///     .command_timeout(Duration::from_secs(120))
+///     .build();
+/// # drop(server);
+/// ```
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Builder {
+    config: Config,
+    hooks: Hooks,
+    tls: Option<TlsConfig>,
+}
+
+impl Builder {
+    /// The name in the greeting, EHLO reply and logs (default `localhost`).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.config.hostname = name.into();
+        self
+    }
+
+    /// The hard size limit of one message, advertised as `SIZE` (default 25 MiB).
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.config.max_message_bytes = n;
+        self
+    }
+
+    /// Recipients per message; past it `452 4.5.3` (default 100).
+    pub fn max_recipients(mut self, n: usize) -> Self {
+        self.config.max_recipients = n.max(1);
+        self
+    }
+
+    /// Messages per session, advertised as `LIMITS MAILMAX` (default: no limit).
+    pub fn max_messages_per_session(mut self, n: u32) -> Self {
+        self.config.max_messages_per_session = Some(n.max(1));
+        self
+    }
+
+    /// Longest command line, CRLF included (default 1024; RFC minimum 512).
+    pub fn max_line_length(mut self, n: usize) -> Self {
+        self.config.max_line_len = n.max(512);
+        self
+    }
+
+    /// How long a command may take to arrive (default 5 minutes). Also
+    /// bounds each early-decision hook.
+    pub fn command_timeout(mut self, t: Duration) -> Self {
+        self.config.command_timeout = t;
+        self
+    }
+
+    /// Longest silence while receiving a message, and the time a message
+    /// handler may take (default 10 minutes).
+    pub fn data_timeout(mut self, t: Duration) -> Self {
+        self.config.data_timeout = t;
+        self
+    }
+
+    /// Time allowed for a TLS handshake (default 10 s).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.config.handshake_timeout = t;
+        self
+    }
+
+    /// Negative replies a session may collect before it is closed with 421
+    /// (default 20).
+    pub fn max_errors(mut self, n: usize) -> Self {
+        self.config.max_errors = n;
+        self
+    }
+
+    /// What to do with bare CR or LF in a message: reject it with
+    /// `550 5.5.2` (the default, against SMTP smuggling) or rewrite them to
+    /// CRLF. They never end a message either way.
+    pub fn line_endings(mut self, policy: LineEndings) -> Self {
+        self.config.line_endings = policy;
+        self
+    }
+
+    /// Offers STARTTLS with this certificate configuration; it is also used
+    /// by implicit-TLS listeners.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.config.starttls = true;
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Requires STARTTLS before anything but EHLO, NOOP, QUIT and STARTTLS
+    /// (`530 5.7.0`).
+    pub fn require_tls(mut self, yes: bool) -> Self {
+        self.config.require_tls = yes;
+        self
+    }
+
+    /// Verifies `AUTH PLAIN`/`LOGIN` credentials with a tower service
+    /// answering `Some(identity)` (235) or `None` (535 5.7.8).
+    ///
+    /// ```
+    /// use smtpsrv::{Authenticate, BoxError, Identity};
+    /// let builder = smtpsrv::Server::builder().authenticator(tower::service_fn(
+    ///     |req: Authenticate| async move {
+    ///         let ok = req.username() == "ann" && req.password() == "secret";
+    ///         Ok::<_, BoxError>(ok.then(|| Identity::new(req.username())))
+    ///     },
+    /// ));
+    /// # drop(builder);
+    /// ```
+    pub fn authenticator<S>(mut self, service: S) -> Self
+    where
+        S: Service<Authenticate, Response = Option<Identity>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.config.auth = true;
+        self.hooks.auth = Some(boxed_authenticator(service));
+        self
+    }
+
+    /// Offers AUTH on unencrypted connections too (default: only over TLS).
+    pub fn allow_insecure_auth(mut self, yes: bool) -> Self {
+        self.config.allow_insecure_auth = yes;
+        self
+    }
+
+    /// Requires AUTH before MAIL (`530 5.7.0`): a submission server.
+    pub fn require_auth(mut self, yes: bool) -> Self {
+        self.config.require_auth = yes;
+        self
+    }
+
+    /// Delay before answering a failed AUTH, growing with each failure up
+    /// to five times (default 1 s).
+    pub fn auth_failure_delay(mut self, t: Duration) -> Self {
+        self.config.auth_failure_delay = t;
+        self
+    }
+
+    /// Speaks LMTP (RFC 2033) instead of SMTP: LHLO, one reply per recipient.
+    pub fn lmtp(mut self, yes: bool) -> Self {
+        self.config.lmtp = yes;
+        self
+    }
+
+    /// Offers DSN (RFC 3461) parameters (default on).
+    pub fn dsn(mut self, yes: bool) -> Self {
+        self.config.dsn = yes;
+        self
+    }
+
+    /// Offers CHUNKING/BDAT and BINARYMIME (RFC 3030) (default on).
+    pub fn chunking(mut self, yes: bool) -> Self {
+        self.config.chunking = yes;
+        self
+    }
+
+    /// Connections served at once; past it `421 4.7.0` (default 10,000).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n.max(1);
+        self
+    }
+
+    /// Connections from one IP address at once; past it `421 4.7.0` (default 100).
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.config.max_connections_per_ip = n.max(1);
+        self
+    }
+
+    /// Message bytes held in memory across all connections; past it DATA
+    /// and BDAT get `452 4.3.1` (default 1 GiB).
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.config.memory_budget = bytes;
+        self
+    }
+
+    /// Expects a PROXY protocol v1/v2 header from these peers (and refuses
+    /// everyone else), so the real client address is used everywhere.
+    pub fn proxy_protocol(mut self, trusted: TrustedProxies) -> Self {
+        self.config.proxy = Some(trusted);
+        self
+    }
+
+    /// Time allowed for the PROXY header to arrive (default 10 s).
+    pub fn proxy_header_timeout(mut self, t: Duration) -> Self {
+        self.config.proxy_timeout = t;
+        self
+    }
+
+    /// A hook at connect, before the greeting: a 4xx/5xx answer refuses
+    /// (421 closes; 554 and others are sent, then only QUIT is served).
+    pub fn on_connect<S>(mut self, service: S) -> Self
+    where
+        S: Service<Connect> + Clone + Send + 'static,
+        S::Response: IntoReply,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.config.hooks.connect = true;
+        self.hooks.connect = Some(boxed_hook(service));
+        self
+    }
+
+    /// A hook at HELO/EHLO/LHLO.
+    pub fn on_helo<S>(mut self, service: S) -> Self
+    where
+        S: Service<Helo> + Clone + Send + 'static,
+        S::Response: IntoReply,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.config.hooks.helo = true;
+        self.hooks.helo = Some(boxed_hook(service));
+        self
+    }
+
+    /// A hook at MAIL FROM: refuse a sender before any data is read.
+    ///
+    /// ```
+    /// use smtpsrv::{BoxError, MailFrom, Reply};
+    /// let builder = smtpsrv::Server::builder().on_mail(tower::service_fn(
+    ///     |req: MailFrom| async move {
+    ///         if req.reverse_path().is_some_and(|a| a.domain() == Some("spam.example")) {
+    ///             return Ok::<_, BoxError>(Reply::new(550, (5, 7, 1), "Sender refused"));
+    ///         }
+    ///         Ok(Reply::ok())
+    ///     },
+    /// ));
+    /// # drop(builder);
+    /// ```
+    pub fn on_mail<S>(mut self, service: S) -> Self
+    where
+        S: Service<MailFrom> + Clone + Send + 'static,
+        S::Response: IntoReply,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.config.hooks.mail = true;
+        self.hooks.mail = Some(boxed_hook(service));
+        self
+    }
+
+    /// A hook at RCPT TO: refuse one recipient (`550 5.1.1`) and keep the others.
+    ///
+    /// ```
+    /// use smtpsrv::{BoxError, RcptTo, Reply};
+    /// let builder = smtpsrv::Server::builder().on_rcpt(tower::service_fn(
+    ///     |req: RcptTo| async move {
+    ///         match req.address().local_part() {
+    ///             "ann" | "bob" => Ok::<_, BoxError>(Reply::ok()),
+    ///             _ => Ok(Reply::new(550, (5, 1, 1), "No such user here")),
+    ///         }
+    ///     },
+    /// ));
+    /// # drop(builder);
+    /// ```
+    pub fn on_rcpt<S>(mut self, service: S) -> Self
+    where
+        S: Service<RcptTo> + Clone + Send + 'static,
+        S::Response: IntoReply,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.config.hooks.rcpt = true;
+        self.hooks.rcpt = Some(boxed_hook(service));
+        self
+    }
+
+    /// The server, without listeners yet.
+    pub fn build(self) -> Server {
+        let budget = MemoryBudget::new(self.config.memory_budget);
+        Server {
+            config: Arc::new(self.config),
+            hooks: self.hooks,
+            tls: self.tls,
+            budget,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+struct Listener {
+    tcp: TcpListener,
+    implicit_tls: bool,
+}
+
+/// An SMTP server: listeners plus the settings and hooks of a [`Builder`].
+///
+/// ```no_run
+/// use smtpsrv::{BoxError, Context, Server};
+/// # async fn run() -> std::io::Result<()> {
+/// let handler = tower::service_fn(|ctx: Context| async move {
+///     println!("{} bytes from {:?}", ctx.size(), ctx.reverse_path());
+///     Ok::<_, BoxError>(())
+/// });
+/// Server::builder()
+///     .hostname("mx.example.com")
+///     .build()
+///     .bind("0.0.0.0:2525")
+///     .await?
+///     .serve(handler)
+///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+///     .await
+/// # }
+/// ```
+pub struct Server {
+    config: Arc<Config>,
+    hooks: Hooks,
+    tls: Option<TlsConfig>,
+    budget: Arc<MemoryBudget>,
+    listeners: Vec<Listener>,
+}
+
+impl Server {
+    /// Starts configuring a server.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Listens on `addr` (plain SMTP, with STARTTLS when TLS is configured).
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<Self> {
+        let tcp = TcpListener::bind(addr).await?;
+        Ok(self.listener(tcp))
+    }
+
+    /// Listens on `addr` with implicit TLS (RFC 8314, port 465 style).
+    /// Fails when no TLS configuration was given.
+    pub async fn bind_implicit_tls(self, addr: impl ToSocketAddrs) -> io::Result<Self> {
+        if self.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "implicit TLS needs Builder::tls",
+            ));
+        }
+        let tcp = TcpListener::bind(addr).await?;
+        Ok(self.implicit_tls_listener(tcp))
+    }
+
+    /// Serves plain SMTP (with STARTTLS when configured) on a bound listener.
+    pub fn listener(mut self, tcp: TcpListener) -> Self {
+        self.listeners.push(Listener {
+            tcp,
+            implicit_tls: false,
+        });
+        self
+    }
+
+    /// Serves implicit TLS on a bound listener (needs [`Builder::tls`];
+    /// without it every connection is closed).
+    pub fn implicit_tls_listener(mut self, tcp: TcpListener) -> Self {
+        self.listeners.push(Listener {
+            tcp,
+            implicit_tls: true,
+        });
+        self
+    }
+
+    /// The bound addresses, in the order the listeners were added.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.tcp.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves every listener with `service`; await the result (it runs until
+    /// an unrecoverable error), or add [`Serve::with_graceful_shutdown`].
+    pub fn serve<S>(self, service: S) -> Serve<S>
+    where
+        S: Service<Context> + Clone + Send + 'static,
+        S::Response: IntoDelivery,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Serve {
+            server: self,
+            service,
+        }
+    }
+
+    /// Serves one already-accepted connection over any stream (a test
+    /// harness, a Unix socket, an in-memory pipe), until it closes.
+    pub async fn serve_connection<IO, S>(
+        &self,
+        io: IO,
+        peer: SocketAddr,
+        local: SocketAddr,
+        service: S,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Context> + Send + 'static,
+        S::Response: IntoDelivery,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Connection::new(
+            Transport::Plain(io),
+            BytesMut::new(),
+            SessionInfo::new(peer, local),
+            service,
+            self.hooks.clone(),
+            self.tls.clone(),
+            self.config.clone(),
+            Some(self.budget.clone()),
+            CancellationToken::new(),
+        )
+        .run()
+        .await
+    }
+}
+
+/// A running server; await it, or call [`with_graceful_shutdown`](Self::with_graceful_shutdown).
+#[must_use = "a server does nothing until awaited"]
+pub struct Serve<S> {
+    server: Server,
+    service: S,
+}
+
+impl<S> Serve<S>
+where
+    S: Service<Context> + Clone + Send + 'static,
+    S::Response: IntoDelivery,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    /// Stops when `signal` completes: no new connections; transactions in
+    /// progress finish; idle sessions get `421 4.3.0` and are closed. The
+    /// returned future resolves when every connection is closed.
+    pub fn with_graceful_shutdown<F>(self, signal: F) -> WithGracefulShutdown<S, F>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        WithGracefulShutdown {
+            serve: self,
+            signal,
+        }
+    }
+
+    async fn run(self, signal: impl Future<Output = ()> + Send) -> io::Result<()> {
+        let Serve { server, service } = self;
+        if server.listeners.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener"));
+        }
+        let shared = Arc::new(Shared {
+            config: server.config.clone(),
+            tls: server.tls.clone(),
+            budget: server.budget.clone(),
+            connections: Arc::new(Semaphore::new(server.config.max_connections)),
+            per_ip: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let mut accepting = tokio::task::JoinSet::new();
+        for listener in server.listeners {
+            accepting.spawn(accept_loop(
+                listener,
+                shared.clone(),
+                service.clone(),
+                server.hooks.clone(),
+            ));
+        }
+        tokio::select! {
+            _ = signal => {}
+            Some(_) = accepting.join_next() => {}
+        }
+        tracing::info!("shutting down: no new connections");
+        shared.shutdown.cancel();
+        accepting.shutdown().await;
+        shared.tracker.close();
+        shared.tracker.wait().await;
+        tracing::info!("all connections closed");
+        Ok(())
+    }
+}
+
+impl<S> IntoFuture for Serve<S>
+where
+    S: Service<Context> + Clone + Send + 'static,
+    S::Response: IntoDelivery,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run(std::future::pending()))
+    }
+}
+
+/// A server that stops gracefully when its signal completes.
+#[must_use = "a server does nothing until awaited"]
+pub struct WithGracefulShutdown<S, F> {
+    serve: Serve<S>,
+    signal: F,
+}
+
+impl<S, F> IntoFuture for WithGracefulShutdown<S, F>
+where
+    S: Service<Context> + Clone + Send + 'static,
+    S::Response: IntoDelivery,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.serve.run(self.signal))
+    }
+}
+
+/// State shared by the accept loops and connections of one server.
+struct Shared {
+    config: Arc<Config>,
+    tls: Option<TlsConfig>,
+    budget: Arc<MemoryBudget>,
+    connections: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A connection's place under the caps; released on drop.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let permit = self.connections.clone().try_acquire_owned().ok()?;
+        let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.config.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            _permit: permit,
+            ip,
+            shared: self.clone(),
+        })
+    }
+}
+
+async fn accept_loop<S>(listener: Listener, shared: Arc<Shared>, service: S, hooks: Hooks)
+where
+    S: Service<Context> + Clone + Send + 'static,
+    S::Response: IntoDelivery,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.tcp.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // EMFILE and friends: wait for connections to close.
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(slot) = shared.admit(peer.ip()) else {
+            tracing::info!(%peer, "too many connections; refused");
+            shared.tracker.spawn(refuse(stream));
+            continue;
+        };
+        let shared2 = shared.clone();
+        let service = service.clone();
+        let hooks = hooks.clone();
+        let implicit_tls = listener.implicit_tls;
+        shared.tracker.spawn(async move {
+            let _slot = slot;
+            handle(stream, peer, implicit_tls, shared2, service, hooks).await;
+        });
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let reply = b"421 4.7.0 Too many connections, try again later\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn handle<S>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    shared: Arc<Shared>,
+    service: S,
+    hooks: Hooks,
+) where
+    S: Service<Context> + Send + 'static,
+    S::Response: IntoDelivery,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let config = &shared.config;
+    let Ok(mut local) = stream.local_addr() else {
+        return;
+    };
+    let mut peer = peer;
+    let mut read_buf = BytesMut::new();
+    if let Some(trusted) = &config.proxy {
+        if trusted.check(peer.ip()).is_err() {
+            tracing::info!(%peer, "PROXY header expected from an untrusted peer; closed");
+            return;
+        }
+        match read_header_with_timeout(&mut stream, &mut read_buf, config.proxy_timeout).await {
+            Ok(header) => {
+                peer = header.source_or(peer);
+                local = header.destination_or(local);
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "bad PROXY header; closed");
+                return;
+            }
+        }
+    }
+    let transport = if implicit_tls {
+        let Some(tls) = &shared.tls else {
+            return;
+        };
+        match tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Transport::Plain(stream)
+    };
+    let config = Arc::clone(config);
+    let tls = if implicit_tls {
+        None
+    } else {
+        shared.tls.clone()
+    };
+    let config = if implicit_tls && config.starttls {
+        // STARTTLS is never offered inside implicit TLS (RFC 8314).
+        let mut c = (*config).clone();
+        c.starttls = false;
+        Arc::new(c)
+    } else {
+        config
+    };
+    Connection::new(
+        transport,
+        read_buf,
+        SessionInfo::new(peer, local),
+        service,
+        hooks,
+        tls,
+        config,
+        Some(shared.budget.clone()),
+        shared.shutdown.clone(),
+    )
+    .run()
+    .await
+}

@@ -1,0 +1,310 @@
+//! Requests for the early-decision hooks, one per SMTP stage, and the
+//! [`Stage`] trait they (and [`Context`]) share.
+//!
+//! Each hook is a `tower::Service` for its request type, whose response is
+//! any [`IntoReply`](crate::IntoReply): `()` or a 2xx reply accepts, a 4xx or
+//! 5xx reply refuses (so does `Err(reply)`), and any other error is a
+//! temporary failure. Because every request exposes the session through
+//! [`Stage`], one layer (rate limiting, require-auth, logging) can be put in
+//! front of any stage.
+
+use std::sync::Arc;
+
+use crate::context::Context;
+use crate::envelope::{Envelope, Recipient};
+use crate::extensions::SharedExtensions;
+use crate::info::{Greeting, SessionInfo};
+use crate::proto::{Address, MailParams};
+use crate::sasl::Credentials;
+
+/// Which stage a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StageKind {
+    /// A new connection, before the greeting.
+    Connect,
+    /// HELO, EHLO or LHLO.
+    Helo,
+    /// AUTH credentials.
+    Auth,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// A complete message.
+    Data,
+}
+
+impl StageKind {
+    /// A short stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Connect => "connect",
+            StageKind::Helo => "helo",
+            StageKind::Auth => "auth",
+            StageKind::Mail => "mail",
+            StageKind::Rcpt => "rcpt",
+            StageKind::Data => "data",
+        }
+    }
+}
+
+/// What every stage request exposes, so layers can be generic over stages.
+pub trait Stage: Send + 'static {
+    /// Which stage this is.
+    fn kind(&self) -> StageKind;
+
+    /// The session's facts.
+    fn session(&self) -> &SessionInfo;
+
+    /// The envelope so far (from `MAIL FROM` on; `None` before).
+    fn envelope(&self) -> Option<&Envelope> {
+        None
+    }
+
+    /// Leaves a result for later layers, stages and the handler.
+    fn insert_extension<T: Clone + Send + Sync + 'static>(&mut self, value: T);
+
+    /// A result left by an earlier layer or stage.
+    fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T>;
+}
+
+macro_rules! shared_extensions_stage {
+    () => {
+        fn insert_extension<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
+            self.extensions.insert(value);
+        }
+
+        fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+            self.extensions.get::<T>()
+        }
+    };
+}
+
+/// A new connection, before the greeting. Refuse with a 554 reply (the
+/// server then accepts only QUIT) or 421 (the server closes).
+#[derive(Debug, Clone)]
+pub struct Connect {
+    pub(crate) session: Arc<SessionInfo>,
+    pub(crate) extensions: SharedExtensions,
+}
+
+impl Connect {
+    /// A request (for tests of hooks and layers).
+    pub fn new(session: Arc<SessionInfo>) -> Self {
+        Connect {
+            session,
+            extensions: SharedExtensions::new(),
+        }
+    }
+}
+
+impl Stage for Connect {
+    fn kind(&self) -> StageKind {
+        StageKind::Connect
+    }
+    fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+    shared_extensions_stage!();
+}
+
+/// HELO, EHLO or LHLO.
+#[derive(Debug, Clone)]
+pub struct Helo {
+    pub(crate) session: Arc<SessionInfo>,
+    pub(crate) greeting: Greeting,
+    pub(crate) extensions: SharedExtensions,
+}
+
+impl Helo {
+    /// A request (for tests of hooks and layers).
+    pub fn new(session: Arc<SessionInfo>, greeting: Greeting) -> Self {
+        Helo {
+            session,
+            greeting,
+            extensions: SharedExtensions::new(),
+        }
+    }
+
+    /// The command as given.
+    pub fn greeting(&self) -> &Greeting {
+        &self.greeting
+    }
+
+    /// The name the client gave.
+    pub fn name(&self) -> &str {
+        self.greeting.name()
+    }
+}
+
+impl Stage for Helo {
+    fn kind(&self) -> StageKind {
+        StageKind::Helo
+    }
+    fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+    shared_extensions_stage!();
+}
+
+/// AUTH credentials to verify: the request type of an authenticator.
+///
+/// An authenticator is a `Service<Authenticate, Response = Option<Identity>>`:
+/// `Some(identity)` accepts (235), `None` refuses (535 5.7.8), an error is a
+/// temporary failure (454 4.7.0).
+#[derive(Debug, Clone)]
+pub struct Authenticate {
+    pub(crate) session: Arc<SessionInfo>,
+    pub(crate) credentials: Credentials,
+    pub(crate) extensions: SharedExtensions,
+}
+
+impl Authenticate {
+    /// A request (for tests of authenticators and layers).
+    pub fn new(session: Arc<SessionInfo>, credentials: Credentials) -> Self {
+        Authenticate {
+            session,
+            credentials,
+            extensions: SharedExtensions::new(),
+        }
+    }
+
+    /// The credentials the client gave.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The username (SASL authentication identity).
+    pub fn username(&self) -> &str {
+        self.credentials.username()
+    }
+
+    /// The password.
+    pub fn password(&self) -> &str {
+        self.credentials.password()
+    }
+}
+
+impl Stage for Authenticate {
+    fn kind(&self) -> StageKind {
+        StageKind::Auth
+    }
+    fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+    shared_extensions_stage!();
+}
+
+/// `MAIL FROM`: decide on the sender before any data is read.
+#[derive(Debug, Clone)]
+pub struct MailFrom {
+    pub(crate) session: Arc<SessionInfo>,
+    pub(crate) envelope: Envelope,
+    pub(crate) extensions: SharedExtensions,
+}
+
+impl MailFrom {
+    /// A request (for tests of hooks and layers).
+    pub fn new(
+        session: Arc<SessionInfo>,
+        reverse_path: Option<Address>,
+        params: MailParams,
+    ) -> Self {
+        MailFrom {
+            session,
+            envelope: Envelope::new(reverse_path, params),
+            extensions: SharedExtensions::new(),
+        }
+    }
+
+    /// The reverse-path; `None` is the null sender `<>`.
+    pub fn reverse_path(&self) -> Option<&Address> {
+        self.envelope.reverse_path()
+    }
+
+    /// The `MAIL` parameters.
+    pub fn params(&self) -> &MailParams {
+        self.envelope.mail_params()
+    }
+}
+
+impl Stage for MailFrom {
+    fn kind(&self) -> StageKind {
+        StageKind::Mail
+    }
+    fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+    fn envelope(&self) -> Option<&Envelope> {
+        Some(&self.envelope)
+    }
+    shared_extensions_stage!();
+}
+
+/// `RCPT TO`: decide on one recipient (`550 5.1.1` for an unknown user)
+/// while the others of the transaction stay accepted.
+#[derive(Debug, Clone)]
+pub struct RcptTo {
+    pub(crate) session: Arc<SessionInfo>,
+    pub(crate) envelope: Envelope,
+    pub(crate) recipient: Recipient,
+    pub(crate) extensions: SharedExtensions,
+}
+
+impl RcptTo {
+    /// A request (for tests of hooks and layers).
+    pub fn new(session: Arc<SessionInfo>, envelope: Envelope, recipient: Recipient) -> Self {
+        RcptTo {
+            session,
+            envelope,
+            recipient,
+            extensions: SharedExtensions::new(),
+        }
+    }
+
+    /// The recipient asked for.
+    pub fn recipient(&self) -> &Recipient {
+        &self.recipient
+    }
+
+    /// The recipient's address.
+    pub fn address(&self) -> &Address {
+        self.recipient.address()
+    }
+
+    /// The reverse-path of the transaction.
+    pub fn reverse_path(&self) -> Option<&Address> {
+        self.envelope.reverse_path()
+    }
+}
+
+impl Stage for RcptTo {
+    fn kind(&self) -> StageKind {
+        StageKind::Rcpt
+    }
+    fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+    fn envelope(&self) -> Option<&Envelope> {
+        Some(&self.envelope)
+    }
+    shared_extensions_stage!();
+}
+
+impl Stage for Context {
+    fn kind(&self) -> StageKind {
+        StageKind::Data
+    }
+    fn session(&self) -> &SessionInfo {
+        Context::session(self)
+    }
+    fn envelope(&self) -> Option<&Envelope> {
+        Some(Context::envelope(self))
+    }
+    fn insert_extension<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
+        self.extensions_mut().insert(value);
+    }
+    fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.extensions().get::<T>().cloned()
+    }
+}
