@@ -261,7 +261,6 @@ where
                 self.session.received(received)
             }
             Frame::BdatEnd(outcome) => {
-                let last_or_failed = !matches!(self.session.input_mode(), InputMode::Bdat { .. });
                 let received = match outcome {
                     BdatOutcome::TooLarge => Received::TooLarge,
                     _ if self.over_budget => Received::OverBudget,
@@ -271,7 +270,6 @@ where
                         Received::Complete(bytes::Bytes::new())
                     }
                 };
-                let _ = last_or_failed;
                 let action = self.session.received(received);
                 match action {
                     Action::Deliver(mut ctx) => {

@@ -478,8 +478,13 @@ where
         if server.listeners.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener"));
         }
+        let implicit_tls_config = Arc::new(Config {
+            starttls: false,
+            ..(*server.config).clone()
+        });
         let shared = Arc::new(Shared {
             config: server.config.clone(),
+            implicit_tls_config,
             tls: server.tls.clone(),
             budget: server.budget.clone(),
             connections: Arc::new(Semaphore::new(server.config.max_connections)),
@@ -551,6 +556,8 @@ where
 /// State shared by the accept loops and connections of one server.
 struct Shared {
     config: Arc<Config>,
+    /// The same settings without STARTTLS, for implicit-TLS listeners.
+    implicit_tls_config: Arc<Config>,
     tls: Option<TlsConfig>,
     budget: Arc<MemoryBudget>,
     connections: Arc<Semaphore>,
@@ -697,19 +704,11 @@ async fn handle<S>(
     } else {
         Transport::Plain(stream)
     };
-    let config = Arc::clone(config);
-    let tls = if implicit_tls {
-        None
+    // STARTTLS is never offered inside implicit TLS (RFC 8314).
+    let (config, tls) = if implicit_tls {
+        (shared.implicit_tls_config.clone(), None)
     } else {
-        shared.tls.clone()
-    };
-    let config = if implicit_tls && config.starttls {
-        // STARTTLS is never offered inside implicit TLS (RFC 8314).
-        let mut c = (*config).clone();
-        c.starttls = false;
-        Arc::new(c)
-    } else {
-        config
+        (shared.config.clone(), shared.tls.clone())
     };
     Connection::new(
         transport,
