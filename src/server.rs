@@ -303,6 +303,17 @@ impl Builder {
         self
     }
 
+    /// A bare protocol session with these settings and no IO, for fuzzing
+    /// and for tests of the state machine. Hooks are not called: a
+    /// [`Check`](crate::session::Check) must be answered by the caller.
+    pub fn session(&self, peer: SocketAddr, local: SocketAddr) -> crate::session::Session {
+        crate::session::Session::new(
+            Arc::new(self.config.clone()),
+            None,
+            SessionInfo::new(peer, local),
+        )
+    }
+
     /// The server, without listeners yet.
     pub fn build(self) -> Server {
         let budget = MemoryBudget::new(self.config.memory_budget);
