@@ -58,3 +58,8 @@ pub use stage::{Authenticate, Connect, Helo, MailFrom, RcptTo, Stage, StageKind}
 
 /// tower, re-exported so handlers need no separate dependency to name it.
 pub use tower;
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
