@@ -166,3 +166,6 @@ impl Encoder<&Reply> for SmtpCodec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -273,6 +273,11 @@ impl Session {
 
     /// Counts negative replies; past the limit the session ends with 421.
     fn answer(&mut self, r: Reply) -> Action {
+        // 421 means the server closes (RFC 5321 3.8), whoever chose it.
+        if r.code() == 421 {
+            self.state = State::Closed;
+            return Action::Close(r);
+        }
         if r.code() >= 400 {
             self.errors += 1;
             if self.errors > self.config.max_errors {
@@ -514,8 +519,14 @@ impl Session {
         if t.bdat_size.is_some() {
             return self.answer(bad_sequence("RCPT after BDAT"));
         }
+        if !self.greeted().is_some_and(Greeting::is_extended) && !recipient.params.is_empty() {
+            return self.answer(reply(555, (5, 5, 4), "RCPT parameters need EHLO"));
+        }
         if t.envelope.recipients.len() >= self.config.max_recipients {
-            return self.answer(reply(452, (4, 5, 3), "Too many recipients"));
+            // Not an error: a pipelining client sends all its recipients
+            // before it reads this, and must not be cut off for it; it sends
+            // the rest in a later transaction (RFC 5321 4.5.3.1.10).
+            return Action::Reply(reply(452, (4, 5, 3), "Too many recipients"));
         }
         if !recipient.address.is_ascii() && !t.envelope.params.smtputf8 {
             return self.answer(reply(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
@@ -566,7 +577,9 @@ impl Session {
             return self.answer(bad_sequence("BINARYMIME requires BDAT"));
         }
         if t.envelope.recipients.is_empty() {
-            return self.answer(reply(554, (5, 5, 1), "No valid recipients"));
+            // LMTP wants 503 here (RFC 2033 4.2), SMTP 554 (RFC 5321 3.3).
+            let code = if self.config.lmtp { 503 } else { 554 };
+            return self.answer(reply(code, (5, 5, 1), "No valid recipients"));
         }
         if !self.budget_allows(t.envelope.params.size) {
             return self.answer(reply(
@@ -588,7 +601,10 @@ impl Session {
             .transaction
             .as_ref()
             .is_some_and(|t| t.bdat_size.is_none());
-        let discard = !usable || (first && !self.budget_allows(Some(size)));
+        // Without CHUNKING the chunk is still drained, so that its octets
+        // are never read as commands.
+        let discard =
+            !self.config.chunking || !usable || (first && !self.budget_allows(Some(size)));
         if let (false, Some(t)) = (discard, &mut self.transaction) {
             t.bdat_size.get_or_insert(0);
         }
@@ -704,7 +720,7 @@ impl Session {
 
     /// A hook's answer for a HELO, MAIL or RCPT check: a positive reply
     /// accepts (a 2xx reply's text replaces the default), anything else is
-    /// sent as the refusal.
+    /// sent as the refusal; a 421 refusal also closes the session.
     pub fn checked(&mut self, answer: Reply) -> Action {
         let State::Checking(pending) = std::mem::replace(&mut self.state, State::Command) else {
             return self.answer(bad_sequence("Nothing to decide"));
@@ -737,6 +753,9 @@ impl Session {
                 discard,
                 ..
             } => {
+                if discard && !self.config.chunking {
+                    return self.answer(reply(502, (5, 5, 1), "BDAT not available"));
+                }
                 if discard {
                     let busy = self
                         .transaction
@@ -825,7 +844,11 @@ impl Session {
             Delivery::All(r) => r,
             Delivery::PerRecipient(v) => match v.iter().find(|r| r.code() < 400) {
                 Some(ok) => ok.clone(),
-                None => v.into_iter().next().unwrap_or_else(Reply::ok),
+                // No answer at all is not an acceptance: nothing is lost.
+                None => v
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| reply(451, (4, 3, 0), "No answer for this message")),
             },
         };
         vec![r]
