@@ -40,3 +40,10 @@ impl SharedExtensions {
         self.lock().clone()
     }
 }
+
+impl From<Extensions> for SharedExtensions {
+    /// A shared map starting with a copy of `map`'s values.
+    fn from(map: Extensions) -> Self {
+        SharedExtensions(Arc::new(Mutex::new(map)))
+    }
+}

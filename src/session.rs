@@ -490,7 +490,9 @@ impl Session {
             return self.answer(reply(555, (5, 5, 4), "AUTH parameter without AUTH support"));
         }
         let envelope = Envelope::new(from, params);
-        let extensions = SharedExtensions::new();
+        // A transaction's map starts with the session's results (connect,
+        // HELO, AUTH), so a MAIL or RCPT hook sees them too.
+        let extensions = SharedExtensions::from(self.session_extensions.snapshot());
         if self.config.hooks.mail {
             let req = MailFrom {
                 session: self.info.clone(),
