@@ -566,7 +566,9 @@ impl Session {
             return self.answer(bad_sequence("BINARYMIME requires BDAT"));
         }
         if t.envelope.recipients.is_empty() {
-            return self.answer(reply(554, (5, 5, 1), "No valid recipients"));
+            // LMTP must answer 503 here (RFC 2033 4.2); SMTP may say 554.
+            let code = if self.config.lmtp { 503 } else { 554 };
+            return self.answer(reply(code, (5, 5, 1), "No valid recipients"));
         }
         if !self.budget_allows(t.envelope.params.size) {
             return self.answer(reply(
