@@ -11,7 +11,10 @@ fn commands(c: &mut Criterion) {
     let mut g = c.benchmark_group("command_parse");
     for (name, line) in [
         ("ehlo", &b"EHLO client.example.org"[..]),
-        ("mail", b"MAIL FROM:<sender@example.org> SIZE=10240 BODY=8BITMIME"),
+        (
+            "mail",
+            b"MAIL FROM:<sender@example.org> SIZE=10240 BODY=8BITMIME",
+        ),
         ("rcpt", b"RCPT TO:<recipient@example.net>"),
         ("data", b"DATA"),
     ] {

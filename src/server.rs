@@ -8,10 +8,11 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -701,6 +702,8 @@ async fn handle<S>(
         let Some(tls) = &shared.tls else {
             return;
         };
+        // Octets read past a PROXY header may be the start of the ClientHello.
+        let stream = Rewind::new(read_buf.split().freeze(), stream);
         match tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(stream)).await {
             Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
             Ok(Err(e)) => {
@@ -713,7 +716,8 @@ async fn handle<S>(
             }
         }
     } else {
-        Transport::Plain(stream)
+        // Buffered octets stay in `read_buf`, which the connection reads first.
+        Transport::Plain(Rewind::new(Bytes::new(), stream))
     };
     // STARTTLS is never offered inside implicit TLS (RFC 8314).
     let (config, tls) = if implicit_tls {
@@ -734,4 +738,51 @@ async fn handle<S>(
     )
     .run()
     .await
+}
+
+/// A stream that first yields octets already read from it, so that a TLS
+/// handshake can start from bytes that arrived together with a PROXY header.
+struct Rewind<IO> {
+    buffered: Bytes,
+    io: IO,
+}
+
+impl<IO> Rewind<IO> {
+    fn new(buffered: Bytes, io: IO) -> Self {
+        Rewind { buffered, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.buffered.is_empty() {
+            let n = self.buffered.len().min(buf.remaining());
+            let chunk = self.buffered.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
