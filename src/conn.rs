@@ -348,7 +348,11 @@ where
                 }
                 Action::Check(check) => self.check(check).await,
                 Action::Deliver(ctx) => {
-                    self.deliver(*ctx).await;
+                    if self.deliver(*ctx).await {
+                        // A 421 from the handler means "closing" (RFC 5321 3.8).
+                        let _ = self.flush().await;
+                        return Flow::Close;
+                    }
                     return Flow::Continue;
                 }
             };
@@ -384,7 +388,9 @@ where
         self.session.checked(answer)
     }
 
-    async fn deliver(&mut self, ctx: Context) {
+    /// Hands the message over and queues the replies; true when a reply
+    /// was 421 and the connection must close.
+    async fn deliver(&mut self, ctx: Context) -> bool {
         let recipients = ctx.recipients().len();
         let span = tracing::info_span!(
             "smtp.message",
@@ -404,15 +410,18 @@ where
         self.reservation = None;
         let replies = self.session.delivered(delivery, recipients);
         span.in_scope(|| {
-            tracing::info!(
+            tracing::debug!(
                 code = replies.first().map_or(0, Reply::code),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "message answered"
             )
         });
+        let mut closing = false;
         for r in replies {
+            closing |= r.code() == 421;
             r.encode(&mut self.write_buf);
         }
+        closing
     }
 
     async fn start_tls(&mut self) -> Flow {

@@ -478,3 +478,17 @@ async fn quit_is_221_then_eof() {
     c.expect_eof().await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_421_from_the_service_closes_the_connection() {
+    let service = service_fn(|_ctx: Context| async {
+        Ok::<_, BoxError>(Reply::new(421, (4, 3, 2), "Going away"))
+    });
+    let server = TestServer::start_with(Server::builder(), service).await;
+    let mut client = Client::connect_ehlo(server.addr).await;
+    client.begin_data("a@example.org", &["b@example.org"]).await;
+    client.send(b"Subject: x\r\n\r\nhi\r\n.\r\n").await;
+    assert_eq!(client.read_reply().await.0, 421);
+    client.expect_eof().await;
+    server.shutdown().await;
+}
