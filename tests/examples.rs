@@ -1,0 +1,939 @@
+//! Runs the example servers as the programs they are: each is spawned on a
+//! free port (`--listen 127.0.0.1:0`, the bound address read back from its
+//! first stdout line) and driven by a real SMTP client (lettre), or by a
+//! scripted TCP conversation where timing matters.
+//!
+//! The example binaries are found next to this test's binary
+//! (`target/<profile>/examples/`). A plain `cargo test` builds them first;
+//! with `cargo test --test examples` alone they may be missing or stale,
+//! so run `cargo build --examples` before.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use lettre::address::Envelope;
+use lettre::transport::smtp::Error as SmtpError;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use smtpsrv::email::Email;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc as tokio_mpsc;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- harness
+
+/// A running example; killed when dropped so no test leaves one behind.
+struct Example {
+    child: Child,
+    addrs: Vec<SocketAddr>,
+    stdout: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Example {
+    /// Starts `name` with `args` and waits for its `listeners` bound addresses.
+    fn start(name: &str, args: &[&str], cwd: Option<&Path>, listeners: usize) -> Example {
+        let mut child = command(name, args, cwd)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut example = Example {
+            child,
+            addrs: Vec::new(),
+            stdout,
+            stderr,
+        };
+        while example.addrs.len() < listeners {
+            let line = example.next_line();
+            let addr = line
+                .strip_prefix("listening on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("{name}: expected `listening on ADDR`, got {line:?}"));
+            example.addrs.push(addr.parse().unwrap());
+        }
+        example
+    }
+
+    fn port(&self) -> u16 {
+        self.addrs[0].port()
+    }
+
+    fn next_line(&mut self) -> String {
+        match self.stdout.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(e) => panic!("no stdout line ({e}); stderr:\n{}", self.stderr()),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        wait_for_exit(&mut self.child).unwrap_or_else(|| {
+            panic!(
+                "still running after {WAIT:?}; stderr:\n{}",
+                self.stderr.lock().unwrap()
+            )
+        })
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(name: &str, args: &[&str], cwd: Option<&Path>) -> Command {
+    let mut cmd = Command::new(example_binary(name));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "info");
+    // The webhook is on 127.0.0.1: no proxy from the environment may sit
+    // in between.
+    for var in ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"] {
+        cmd.env_remove(var);
+    }
+    cmd.env_remove("all_proxy").env_remove("ALL_PROXY");
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
+fn example_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is not built: run `cargo test` (which builds the examples) or `cargo build --examples`",
+                path.display()
+            )
+        });
+    // `cargo test --test examples` alone does not rebuild examples: catch
+    // an edited example running as its old binary.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let source = examples.join(format!("{name}.rs"));
+    let sources = match std::fs::read_dir(examples.join(name)) {
+        Ok(dir) => dir.filter_map(|e| Some(e.ok()?.path())).collect(),
+        Err(_) => vec![source],
+    };
+    for source in sources {
+        let edited = std::fs::metadata(&source).and_then(|m| m.modified());
+        assert!(
+            edited.is_ok_and(|edited| edited <= built),
+            "{} is older than {}: run `cargo build --examples` (or a plain `cargo test`)",
+            path.display(),
+            source.display()
+        );
+    }
+    path
+}
+
+fn lines(out: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn collect(mut err: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+fn wait_for_exit(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A lettre client for 127.0.0.1:`port` without TLS.
+fn client(port: u16) -> lettre::transport::smtp::AsyncSmtpTransportBuilder {
+    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .hello_name(ClientId::Domain("client.example".into()))
+        .timeout(Some(WAIT))
+}
+
+fn insecure_tls() -> TlsParameters {
+    TlsParameters::builder("localhost".into())
+        .dangerous_accept_invalid_certs(true)
+        .build_rustls()
+        .unwrap()
+}
+
+fn envelope(from: Option<&str>, to: &[&str]) -> Envelope {
+    Envelope::new(
+        from.map(|f| f.parse().unwrap()),
+        to.iter().map(|t| t.parse().unwrap()).collect(),
+    )
+    .unwrap()
+}
+
+async fn send(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    envelope: &Envelope,
+    raw: &[u8],
+) -> Result<Response, SmtpError> {
+    // lettre always ends the data with CRLF.CRLF, so a message that
+    // already ends with a line break would arrive with one more: hand it
+    // the message without its last one, and exactly `raw` arrives.
+    let raw = raw.strip_suffix(b"\r\n").unwrap_or(raw);
+    tokio::time::timeout(WAIT, transport.send_raw(envelope, raw))
+        .await
+        .expect("SMTP conversation timed out")
+}
+
+fn code(err: &SmtpError) -> String {
+    err.status().map(|c| c.to_string()).unwrap_or_default()
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Splits a stored message into its `Return-Path` line, its `Received`
+/// field (folded lines joined) and the rest.
+fn split_trace(stored: &[u8]) -> (String, String, &[u8]) {
+    let text = std::str::from_utf8(stored).unwrap();
+    let first_end = text.find("\r\n").unwrap() + 2;
+    let mut end = first_end;
+    loop {
+        let line_end = end + text[end..].find("\r\n").unwrap() + 2;
+        end = line_end;
+        if !text[end..].starts_with('\t') {
+            break;
+        }
+    }
+    (
+        text[..first_end].to_owned(),
+        text[first_end..end].to_owned(),
+        &stored[end..],
+    )
+}
+
+fn write_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, key.cert.pem()).unwrap();
+    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+// ---------------------------------------------------------------- mailsink
+
+const ONE: &[u8] = b"From: Ann <ann@example.org>\r\n\
+To: Bob <bob@example.com>\r\n\
+Subject: one\r\n\
+Message-ID: <one@example.org>\r\n\
+\r\n\
+.a line that starts with a dot\r\n\
+caf\xc3\xa9 and a bare \tTAB\r\n\
+\r\n\
+last line\r\n";
+
+const TWO: &[u8] = b"From: MAILER-DAEMON@example.org\r\n\
+Subject: two\r\n\
+\r\n\
+a bounce, to two recipients\r\n";
+
+#[tokio::test]
+async fn mailsink_stores_messages_byte_exact_behind_trace_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("md");
+    let md = maildir.to_str().unwrap();
+    let sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            md,
+            "--hostname",
+            "mx.test",
+        ],
+        None,
+        1,
+    );
+    let transport = client(sink.port()).build();
+    let before = SystemTime::now();
+
+    let reply = send(
+        &transport,
+        &envelope(Some("ann@example.org"), &["bob@example.com"]),
+        ONE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+    assert!(reply.first_line().unwrap().contains("queued as"));
+    send(
+        &transport,
+        &envelope(None, &["bob@example.com", "carol@example.com"]),
+        TWO,
+    )
+    .await
+    .unwrap();
+
+    assert!(files(&maildir.join("tmp")).is_empty(), "tmp/ must be empty");
+    assert!(maildir.join("cur").is_dir());
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 2, "one file per message: {stored:?}");
+    let mut stored: Vec<Vec<u8>> = stored.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    stored.sort_by_key(|bytes| !bytes.ends_with(ONE));
+
+    // One recipient: named in `for`, and the message is byte-exact.
+    let (return_path, received, rest) = split_trace(&stored[0]);
+    assert_eq!(return_path, "Return-Path: <ann@example.org>\r\n");
+    assert!(
+        received.starts_with(
+            "Received: from client.example ([127.0.0.1])\r\n\tby mx.test (smtpsrv) with ESMTP id "
+        ),
+        "{received}"
+    );
+    assert!(
+        received.contains("\r\n\tfor <bob@example.com>; "),
+        "{received}"
+    );
+    assert_eq!(rest, ONE);
+
+    // Null sender, two recipients: `<>`, and nobody named in `for`.
+    let (return_path, received, rest) = split_trace(&stored[1]);
+    assert_eq!(return_path, "Return-Path: <>\r\n");
+    assert!(!received.contains("for <"), "{received}");
+    assert_eq!(rest, TWO);
+
+    // A standard parser reads the Received field, date included.
+    let email = Email::parse(stored[0].clone()).unwrap();
+    let trace = email.message().received().expect("Received parsed");
+    assert_eq!(format!("{:?}", trace.with), "Some(ESMTP)");
+    assert_eq!(trace.for_.as_deref(), Some("bob@example.com"));
+    assert_eq!(trace.from_ip, Some("127.0.0.1".parse().unwrap()));
+    let date = trace.date.expect("Received date parsed");
+    let stamped = date.to_timestamp();
+    let earlier = before
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (earlier - 1..=earlier + 60).contains(&stamped),
+        "Received date {date} is not now"
+    );
+
+    // One log line per message.
+    let log = sink.stderr();
+    assert_eq!(log.matches(" stored ").count(), 2, "log:\n{log}");
+}
+
+#[tokio::test]
+async fn mailsink_discard_stores_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let sink = Example::start(
+        "mailsink",
+        &["--listen", "127.0.0.1:0", "--discard"],
+        Some(cwd.path()),
+        1,
+    );
+    let reply = send(
+        &client(sink.port()).build(),
+        &envelope(Some("ann@example.org"), &["bob@example.com"]),
+        ONE,
+    )
+    .await
+    .unwrap();
+    assert!(reply.is_positive());
+    assert!(
+        files(cwd.path()).is_empty(),
+        "--discard must not write anything"
+    );
+}
+
+#[tokio::test]
+async fn mailsink_require_auth_refuses_anonymous_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("md");
+    let sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            maildir.to_str().unwrap(),
+            "--user",
+            "ann:s3cret:with:colons",
+            "--user",
+            "bob:other",
+            "--allow-insecure-auth",
+            "--require-auth",
+        ],
+        None,
+        1,
+    );
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+
+    let anonymous = send(&client(sink.port()).build(), &env, ONE)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&anonymous), "530", "{anonymous}");
+
+    let wrong = client(sink.port())
+        .credentials(Credentials::new("ann".into(), "s3cret".into()))
+        .build();
+    let refused = send(&wrong, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&refused), "535", "{refused}");
+    assert!(files(&maildir.join("new")).is_empty());
+
+    let right = client(sink.port())
+        .credentials(Credentials::new("ann".into(), "s3cret:with:colons".into()))
+        .build();
+    send(&right, &env, ONE).await.unwrap();
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 1);
+    let bytes = std::fs::read(&stored[0]).unwrap();
+    let (_, received, rest) = split_trace(&bytes);
+    assert!(received.contains(" with ESMTPA id "), "{received}");
+    assert_eq!(rest, ONE);
+}
+
+#[tokio::test]
+async fn mailsink_starttls_and_implicit_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_certificate(dir.path());
+    let maildir = dir.path().join("md");
+    let sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--require-tls",
+            "--user",
+            "ann:secret",
+            "--maildir",
+            maildir.to_str().unwrap(),
+        ],
+        None,
+        2,
+    );
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+
+    let plain = send(&client(sink.port()).build(), &env, ONE)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&plain), "530", "--require-tls: {plain}");
+
+    let starttls = client(sink.port())
+        .tls(Tls::Required(insecure_tls()))
+        .build();
+    send(&starttls, &env, ONE).await.unwrap();
+    let implicit = client(sink.addrs[1].port())
+        .tls(Tls::Wrapper(insecure_tls()))
+        .credentials(Credentials::new("ann".into(), "secret".into()))
+        .build();
+    send(&implicit, &env, TWO).await.unwrap();
+
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 2);
+    let mut protocols: Vec<String> = stored
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            let (_, received, _) = split_trace(&bytes);
+            assert!(
+                received.contains("\t(using TLSv1.3 with cipher "),
+                "{received}"
+            );
+            let with = received.split(" with ").nth(2).unwrap();
+            with.split(' ').next().unwrap().to_owned()
+        })
+        .collect();
+    protocols.sort();
+    assert_eq!(protocols, ["ESMTPS", "ESMTPSA"]);
+}
+
+/// A scripted SMTP client over a blocking socket.
+struct Conversation {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conversation {
+    fn open(addr: SocketAddr) -> Conversation {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut conversation = Conversation {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        assert!(conversation.reply().starts_with("220"));
+        conversation
+    }
+
+    /// The last line of the next reply (empty at end of stream).
+    fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return String::new();
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line;
+            }
+        }
+    }
+
+    fn send(&mut self, data: &str) {
+        self.writer.write_all(data.as_bytes()).unwrap();
+    }
+
+    fn command(&mut self, line: &str) -> String {
+        self.send(&format!("{line}\r\n"));
+        self.reply()
+    }
+}
+
+#[test]
+fn mailsink_finishes_the_transaction_in_progress_on_sigterm_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("md");
+    let mut sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            maildir.to_str().unwrap(),
+        ],
+        None,
+        1,
+    );
+    let mut busy = Conversation::open(sink.addrs[0]);
+    assert!(busy.command("EHLO client.example").starts_with("250"));
+    assert!(
+        busy.command("MAIL FROM:<ann@example.org>")
+            .starts_with("250")
+    );
+    assert!(busy.command("RCPT TO:<bob@example.com>").starts_with("250"));
+    assert!(busy.command("DATA").starts_with("354"));
+    busy.send("Subject: half way\r\n\r\nfirst half\r\n");
+    let mut idle = Conversation::open(sink.addrs[0]);
+    assert!(idle.command("EHLO idle.example").starts_with("250"));
+
+    sink.signal("TERM");
+    assert!(
+        idle.reply().starts_with("421"),
+        "idle sessions are told to go"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        sink.child.try_wait().unwrap().is_none(),
+        "must wait for the transaction"
+    );
+
+    busy.send("second half\r\n.\r\n");
+    let accepted = busy.reply();
+    assert!(accepted.starts_with("250"), "{accepted}");
+    let status = sink.wait();
+    assert!(status.success(), "{status}; stderr:\n{}", sink.stderr());
+
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 1);
+    let bytes = std::fs::read(&stored[0]).unwrap();
+    let (_, _, rest) = split_trace(&bytes);
+    assert_eq!(
+        rest,
+        b"Subject: half way\r\n\r\nfirst half\r\nsecond half\r\n"
+    );
+}
+
+#[test]
+fn mailsink_refuses_options_whose_layers_are_not_available_yet() {
+    for args in [
+        &["--spf", "tag"][..],
+        &["--spf", "reject"],
+        &["--rate-limit", "60"],
+    ] {
+        let mut child = command("mailsink", args, None)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = wait_for_exit(&mut child).expect("must exit at startup");
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("not available yet"), "{args:?}: {stderr}");
+    }
+}
+
+// ---------------------------------------------------------------- smtp2http
+
+/// What the test webhook answers, request after request.
+#[derive(Clone, Copy)]
+enum Answer {
+    Status(u16),
+    /// Never answer (the client's timeout must fire).
+    Hang,
+}
+
+struct Posted {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1: records each request and answers
+/// from `script` (then 200).
+async fn webhook(script: &[Answer]) -> (SocketAddr, tokio_mpsc::UnboundedReceiver<Posted>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio_mpsc::unbounded_channel();
+    let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            let script = Arc::clone(&script);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + length {
+                    let mut chunk = [0u8; 65536];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = buf[head_end..head_end + length].to_vec();
+                let _ = tx.send(Posted { head, body });
+                let answer = script
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or(Answer::Status(200));
+                match answer {
+                    Answer::Status(code) => {
+                        let response = format!(
+                            "HTTP/1.1 {code} Test\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = stream.write_all(response.as_bytes()).await;
+                    }
+                    Answer::Hang => tokio::time::sleep(Duration::from_secs(60)).await,
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+const MULTIPART: &[u8] = b"From: \"Ann Example\" <ann@example.org>\r\n\
+To: Bob <bob@example.com>, carol@example.com\r\n\
+Cc: dave@example.net\r\n\
+Reply-To: replies@example.org\r\n\
+Subject: =?UTF-8?Q?Caf=C3=A9?= report\r\n\
+Date: Tue, 01 Jul 2025 10:52:37 +0000\r\n\
+Message-ID: <report-1@example.org>\r\n\
+In-Reply-To: <question@example.com>\r\n\
+References: <start@example.com> <question@example.com>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+\r\n\
+--outer\r\n\
+Content-Type: multipart/related; boundary=\"inner\"\r\n\
+\r\n\
+--inner\r\n\
+Content-Type: multipart/alternative; boundary=\"alt\"\r\n\
+\r\n\
+--alt\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+\r\n\
+Plain text body.\r\n\
+--alt\r\n\
+Content-Type: text/html; charset=utf-8\r\n\
+\r\n\
+<p>HTML body <img src=\"cid:logo@example.org\"></p>\r\n\
+--alt--\r\n\
+--inner\r\n\
+Content-Type: image/png\r\n\
+Content-Transfer-Encoding: base64\r\n\
+Content-ID: <logo@example.org>\r\n\
+Content-Disposition: inline\r\n\
+\r\n\
+iVBORw0KGgo=\r\n\
+--inner--\r\n\
+--outer\r\n\
+Content-Type: application/pdf; name=\"report.pdf\"\r\n\
+Content-Disposition: attachment; filename=\"report.pdf\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+JVBERi0xLjQgZmFrZQ==\r\n\
+--outer--\r\n";
+
+#[tokio::test]
+async fn smtp2http_posts_the_message_as_json() {
+    let (hook, mut posted) = webhook(&[]).await;
+    let url = format!("http://{hook}/hook");
+    let bridge = Example::start(
+        "smtp2http",
+        &["--listen", "127.0.0.1:0", "--url", &url, "--raw"],
+        None,
+        1,
+    );
+    let env = envelope(
+        Some("bounce@example.org"),
+        &["bob@example.com", "eve@example.com"],
+    );
+    let reply = send(&client(bridge.port()).build(), &env, MULTIPART)
+        .await
+        .unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+
+    let request = tokio::time::timeout(WAIT, posted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        request.head.starts_with("POST /hook HTTP/1.1\r\n"),
+        "{}",
+        request.head
+    );
+    assert!(
+        request
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{}",
+        request.head
+    );
+    let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+
+    assert_eq!(json["id"], "report-1@example.org");
+    assert_eq!(json["subject"], "Café report");
+    assert_eq!(json["date"], "2025-07-01T10:52:37Z");
+    assert_eq!(
+        json["references"],
+        serde_json::json!(["start@example.com", "question@example.com"])
+    );
+    assert!(json.get("spf").is_none(), "no SPF layer yet: no spf field");
+    assert_eq!(json["body"]["text"], "Plain text body.");
+    assert!(
+        json["body"]["html"]
+            .as_str()
+            .unwrap()
+            .contains("<p>HTML body"),
+        "{}",
+        json["body"]
+    );
+
+    let addresses = &json["addresses"];
+    assert_eq!(
+        addresses["from"],
+        serde_json::json!({"name": "Ann Example", "address": "ann@example.org"})
+    );
+    assert_eq!(
+        addresses["to"],
+        serde_json::json!([
+            {"name": "Bob", "address": "bob@example.com"},
+            {"address": "carol@example.com"}
+        ])
+    );
+    assert_eq!(
+        addresses["cc"],
+        serde_json::json!([{"address": "dave@example.net"}])
+    );
+    assert_eq!(
+        addresses["reply_to"],
+        serde_json::json!([{"address": "replies@example.org"}])
+    );
+    assert_eq!(
+        addresses["in_reply_to"],
+        serde_json::json!(["question@example.com"])
+    );
+    for empty in ["bcc", "resent_to", "resent_cc", "resent_bcc"] {
+        assert_eq!(addresses[empty], serde_json::json!([]), "{empty}");
+    }
+    assert!(addresses["resent_from"].is_null());
+
+    let envelope = &json["envelope"];
+    assert_eq!(envelope["from"], "bounce@example.org");
+    assert_eq!(
+        envelope["to"],
+        serde_json::json!(["bob@example.com", "eve@example.com"])
+    );
+    assert_eq!(envelope["helo"], "client.example");
+    assert_eq!(envelope["tls"], false);
+    assert!(
+        envelope["remote_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+
+    let attachments = json["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 1, "{attachments:?}");
+    assert_eq!(attachments[0]["filename"], "report.pdf");
+    assert_eq!(attachments[0]["content_type"], "application/pdf");
+    let data = BASE64
+        .decode(attachments[0]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, b"%PDF-1.4 fake");
+
+    let embedded = json["embedded_files"].as_array().unwrap();
+    assert_eq!(embedded.len(), 1, "{embedded:?}");
+    assert_eq!(embedded[0]["cid"], "logo@example.org");
+    assert_eq!(embedded[0]["content_type"], "image/png");
+    let data = BASE64
+        .decode(embedded[0]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, b"\x89PNG\r\n\x1a\n");
+
+    let raw = BASE64.decode(json["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(raw, MULTIPART);
+}
+
+#[tokio::test]
+async fn smtp2http_answers_451_when_the_webhook_fails_and_any_2xx_is_success() {
+    let (hook, mut posted) =
+        webhook(&[Answer::Status(500), Answer::Status(204), Answer::Hang]).await;
+    let url = format!("http://{hook}/");
+    let bridge = Example::start(
+        "smtp2http",
+        &["--listen", "127.0.0.1:0", "--url", &url, "--timeout", "1"],
+        None,
+        1,
+    );
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+
+    let failed = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&failed), "451", "HTTP 500: {failed}");
+    assert!(failed.is_transient());
+
+    let reply = send(&transport, &env, ONE).await.unwrap();
+    assert_eq!(reply.code().to_string(), "250", "HTTP 204 is success");
+
+    let timed_out = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&timed_out), "451", "webhook timeout: {timed_out}");
+    assert!(timed_out.to_string().contains("timed out"), "{timed_out}");
+
+    // Without --raw the raw message is not sent.
+    let first = posted.recv().await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    assert!(json.get("raw").is_none());
+    assert_eq!(
+        json["envelope"]["to"],
+        serde_json::json!(["bob@example.com"])
+    );
+}
+
+// ---------------------------------------------------------------- header_layer
+
+#[tokio::test]
+async fn header_layer_stamps_every_message() {
+    let mut example = Example::start(
+        "header_layer",
+        &["--listen", "127.0.0.1:0", "--hostname", "mx.test"],
+        None,
+        1,
+    );
+    send(
+        &client(example.port()).build(),
+        &envelope(Some("ann@example.org"), &["bob@example.com"]),
+        ONE,
+    )
+    .await
+    .unwrap();
+    let line = example.next_line();
+    assert!(line.starts_with("message "), "{line}");
+    assert_eq!(example.next_line(), "X-Received-By: mx.test");
+    assert_eq!(example.next_line(), "From: Ann <ann@example.org>");
+}
