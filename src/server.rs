@@ -227,6 +227,20 @@ impl Builder {
 
     /// A hook at connect, before the greeting: a 4xx/5xx answer refuses
     /// (421 closes; 554 and others are sent, then only QUIT is served).
+    ///
+    /// ```
+    /// use smtpsrv::{BoxError, Connect, Reply, Stage};
+    /// let blocked: std::net::IpAddr = "192.0.2.66".parse().unwrap();
+    /// let builder = smtpsrv::Server::builder().on_connect(tower::service_fn(
+    ///     move |req: Connect| async move {
+    ///         if req.session().peer_addr().ip() == blocked {
+    ///             return Ok::<_, BoxError>(Reply::new(554, (5, 7, 1), "Blocked"));
+    ///         }
+    ///         Ok(Reply::ok())
+    ///     },
+    /// ));
+    /// # drop(builder);
+    /// ```
     pub fn on_connect<S>(mut self, service: S) -> Self
     where
         S: Service<Connect> + Clone + Send + 'static,
@@ -239,7 +253,20 @@ impl Builder {
         self
     }
 
-    /// A hook at HELO/EHLO/LHLO.
+    /// A hook at HELO/EHLO/LHLO: refuse or note the name the client gave.
+    ///
+    /// ```
+    /// use smtpsrv::{BoxError, Helo, Reply};
+    /// let builder = smtpsrv::Server::builder().on_helo(tower::service_fn(
+    ///     |req: Helo| async move {
+    ///         if req.name().eq_ignore_ascii_case("localhost") {
+    ///             return Ok::<_, BoxError>(Reply::new(550, (5, 7, 1), "Say who you are"));
+    ///         }
+    ///         Ok(Reply::ok())
+    ///     },
+    /// ));
+    /// # drop(builder);
+    /// ```
     pub fn on_helo<S>(mut self, service: S) -> Self
     where
         S: Service<Helo> + Clone + Send + 'static,
