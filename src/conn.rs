@@ -144,12 +144,14 @@ where
         config: Arc<Config>,
         budget: Option<Arc<MemoryBudget>>,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> Box<Self> {
         let mut info = info;
         if let Transport::Tls(stream) = &transport {
             info.tls = Some(Arc::new(TlsInfo::from_connection(stream.get_ref().1)));
         }
-        Connection {
+        // Boxed: the connection's task then holds a pointer, not the state,
+        // and futures that move it around stay small (memory per connection).
+        Box::new(Connection {
             transport,
             read_buf,
             write_buf: BytesMut::new(),
@@ -164,11 +166,11 @@ where
             reservation: None,
             over_budget: false,
             shutdown,
-        }
+        })
     }
 
     /// Runs the session to its end.
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(mut self: Box<Self>) {
         let span = tracing::info_span!(
             "smtp.session",
             id = %self.session.info().id(),
@@ -189,7 +191,7 @@ where
             Some(hook) => {
                 let mut req = Connect::new(self.session.info().clone());
                 req.extensions = self.session.session_extensions().clone();
-                let answer = ask(hook, req, self.config.command_timeout).await;
+                let answer = Box::pin(ask(hook, req, self.config.command_timeout)).await;
                 (answer.code() >= 400).then_some(answer)
             }
             None => None,
@@ -344,11 +346,13 @@ where
                 }
                 Action::StartTls(r) => {
                     r.encode(&mut self.write_buf);
-                    return self.start_tls().await;
+                    // Boxed, like the other rare steps below, so that an idle
+                    // connection's future stays small (memory per connection).
+                    return Box::pin(self.start_tls()).await;
                 }
-                Action::Check(check) => self.check(check).await,
+                Action::Check(check) => Box::pin(self.check(check)).await,
                 Action::Deliver(ctx) => {
-                    if self.deliver(*ctx).await {
+                    if Box::pin(self.deliver(*ctx)).await {
                         // A 421 from the handler means "closing" (RFC 5321 3.8).
                         let _ = self.flush().await;
                         return Flow::Close;
