@@ -272,7 +272,12 @@ impl Session {
     }
 
     /// Counts negative replies; past the limit the session ends with 421.
+    /// A 421 (say, from a hook) always ends it: the code means "closing".
     fn answer(&mut self, r: Reply) -> Action {
+        if r.code() == 421 {
+            self.state = State::Closed;
+            return Action::Close(r);
+        }
         if r.code() >= 400 {
             self.errors += 1;
             if self.errors > self.config.max_errors {

@@ -69,3 +69,26 @@ fn completed_message_is_delivered_with_every_recipient() {
     // A new transaction needs no RSET.
     assert_eq!(code(&mut s, "MAIL FROM:<a@b.c>"), 250);
 }
+
+#[test]
+fn a_421_from_a_hook_closes_the_session() {
+    let mut config = Config::default();
+    config.hooks.mail = true;
+    let mut s = session_with(config);
+    assert_eq!(code(&mut s, "EHLO x"), 250);
+    assert!(matches!(
+        s.command(Command::parse(b"MAIL FROM:<a@b.c>")),
+        Action::Check(_)
+    ));
+    let action = s.checked(Reply::new(421, (4, 7, 0), "Rate limit exceeded"));
+    assert!(matches!(action, Action::Close(r) if r.code() == 421));
+    // A 450 from the same hook keeps the session open.
+    let mut config = Config::default();
+    config.hooks.mail = true;
+    let mut s = session_with(config);
+    assert_eq!(code(&mut s, "EHLO x"), 250);
+    let _ = s.command(Command::parse(b"MAIL FROM:<a@b.c>"));
+    let action = s.checked(Reply::new(450, (4, 7, 0), "Rate limit exceeded"));
+    assert!(matches!(action, Action::Reply(r) if r.code() == 450));
+    assert_eq!(code(&mut s, "NOOP"), 250);
+}
