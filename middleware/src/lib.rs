@@ -1,4 +1,4 @@
-//! Tower layers for [smtpsrv](smtpsrv): policy as middleware.
+//! Tower layers for [`smtpsrv`]: policy as middleware.
 //!
 //! | module | refuses with |
 //! |---|---|
