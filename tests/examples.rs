@@ -145,10 +145,22 @@ fn example_binary(name: &str) -> PathBuf {
     // an edited example running as its old binary.
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let source = examples.join(format!("{name}.rs"));
-    let sources = match std::fs::read_dir(examples.join(name)) {
-        Ok(dir) => dir.filter_map(|e| Some(e.ok()?.path())).collect(),
-        Err(_) => vec![source],
+    let in_dir = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default()
     };
+    let mut sources = match in_dir(&examples.join(name)) {
+        files if files.is_empty() => vec![source],
+        files => files,
+    };
+    // The shared modules count for the examples that include them.
+    let shares = |source: &PathBuf| {
+        std::fs::read_to_string(source).is_ok_and(|text| text.contains("common/mod.rs"))
+    };
+    if sources.iter().any(shares) {
+        sources.extend(in_dir(&examples.join("common")));
+    }
     for source in sources {
         let edited = std::fs::metadata(&source).and_then(|m| m.modified());
         assert!(
@@ -548,6 +560,21 @@ impl Conversation {
         }
     }
 
+    /// Every line of the next reply.
+    fn full_reply(&mut self) -> String {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return text;
+            }
+            text.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return text;
+            }
+        }
+    }
+
     fn send(&mut self, data: &str) {
         self.writer.write_all(data.as_bytes()).unwrap();
     }
@@ -613,11 +640,11 @@ fn mailsink_finishes_the_transaction_in_progress_on_sigterm_then_exits() {
 }
 
 #[test]
-fn mailsink_refuses_options_whose_layers_are_not_available_yet() {
+fn mailsink_refuses_invalid_policy_options_at_startup() {
     for args in [
-        &["--spf", "tag"][..],
-        &["--spf", "reject"],
-        &["--rate-limit", "60"],
+        &["--spf", "maybe"][..],
+        &["--rate-limit", "0"],
+        &["--dns-server", "localhost"],
     ] {
         let mut child = command("mailsink", args, None)
             .stdout(Stdio::null())
@@ -631,9 +658,199 @@ fn mailsink_refuses_options_whose_layers_are_not_available_yet() {
             .read_to_string(&mut stderr)
             .unwrap();
         let status = wait_for_exit(&mut child).expect("must exit at startup");
-        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(stderr.contains("not available yet"), "{args:?}: {stderr}");
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
     }
+}
+
+/// A tiny DNS server on 127.0.0.1 for the SPF tests: TXT records from
+/// `txt` (owner, value), NXDOMAIN for other names. Nothing reaches the
+/// network.
+async fn dns_server(txt: &[(&str, &str)]) -> SocketAddr {
+    use smtpsrv_middleware::mail_auth::hickory_resolver::proto::op::{Message, ResponseCode};
+    use smtpsrv_middleware::mail_auth::hickory_resolver::proto::rr::rdata::{SOA, TXT};
+    use smtpsrv_middleware::mail_auth::hickory_resolver::proto::rr::{
+        Name, RData, Record, RecordType,
+    };
+
+    let zone: Vec<(String, String)> = txt
+        .iter()
+        .map(|(owner, value)| (owner.to_ascii_lowercase(), value.to_string()))
+        .collect();
+    let answer = move |query: &[u8]| -> Option<Vec<u8>> {
+        let request = Message::from_vec(query).ok()?;
+        let question = request.queries.first()?.clone();
+        let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+        response.metadata.authoritative = true;
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.recursion_available = true;
+        response.add_query(question.clone());
+        let owner = question
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let values: Vec<&String> = zone
+            .iter()
+            .filter(|(name, _)| *name == owner)
+            .map(|(_, value)| value)
+            .collect();
+        if values.is_empty() {
+            response.metadata.response_code = ResponseCode::NXDomain;
+        } else if question.query_type() == RecordType::TXT {
+            for value in values {
+                let data = RData::TXT(TXT::new(vec![value.clone()]));
+                response.add_answer(Record::from_rdata(question.name().clone(), 60, data));
+            }
+        }
+        if response.answers.is_empty() {
+            // Negative answers carry an SOA for their TTL (RFC 2308).
+            let name = |s: &str| Name::from_ascii(s).unwrap();
+            let soa = SOA::new(
+                name("ns.test."),
+                name("hostmaster.test."),
+                1,
+                60,
+                60,
+                60,
+                60,
+            );
+            response.add_authority(Record::from_rdata(name("test."), 60, RData::SOA(soa)));
+        }
+        response.to_vec().ok()
+    };
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            if let Some(reply) = answer(&buf[..n]) {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        }
+    });
+    addr
+}
+
+/// SPF policies of the test domains for a client on 127.0.0.1.
+const SPF_ZONE: &[(&str, &str)] = &[
+    ("allowed.example", "v=spf1 ip4:127.0.0.1 -all"),
+    ("forbidden.example", "v=spf1 ip4:192.0.2.1 -all"),
+];
+
+/// Starts mailsink with `--spf mode`, asking only the test DNS server.
+async fn spf_sink(mode: &str, maildir: &Path) -> Example {
+    let dns = dns_server(SPF_ZONE).await.to_string();
+    Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            maildir.to_str().unwrap(),
+            "--hostname",
+            "mx.test",
+            "--spf",
+            mode,
+            "--dns-server",
+            &dns,
+        ],
+        None,
+        1,
+    )
+}
+
+/// The stored messages' `Received-SPF` fields (folded lines joined),
+/// checking that each sits between `Return-Path` and `Received` and that
+/// the client's bytes follow the trace fields untouched.
+fn received_spf_fields(maildir: &Path, message: &[u8]) -> Vec<String> {
+    let mut fields: Vec<String> = files(&maildir.join("new"))
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            let text = std::str::from_utf8(&bytes).unwrap();
+            let (return_path, rest) = text.split_once("\r\n").unwrap();
+            assert!(return_path.starts_with("Return-Path: <"), "{text}");
+            assert!(rest.starts_with("Received-SPF: "), "{text}");
+            let end = rest.find("\r\nReceived: from ").unwrap();
+            assert!(rest.ends_with(std::str::from_utf8(message).unwrap()));
+            rest[..end].replace("\r\n", "")
+        })
+        .collect();
+    fields.sort();
+    fields
+}
+
+#[tokio::test]
+async fn mailsink_spf_reject_refuses_a_failing_sender_and_tags_a_passing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("md");
+    let sink = spf_sink("reject", &maildir).await;
+    let transport = client(sink.port()).build();
+
+    let refused = send(
+        &transport,
+        &envelope(Some("ann@forbidden.example"), &["bob@example.com"]),
+        ONE,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&refused), "550", "{refused}");
+    assert!(refused.to_string().contains("5.7.23"), "{refused}");
+    assert!(files(&maildir.join("new")).is_empty());
+
+    let reply = send(
+        &transport,
+        &envelope(Some("ann@allowed.example"), &["bob@example.com"]),
+        ONE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+    let fields = received_spf_fields(&maildir, ONE);
+    assert_eq!(fields.len(), 1);
+    assert!(fields[0].starts_with("Received-SPF: pass "), "{fields:?}");
+    assert!(fields[0].contains("client-ip=127.0.0.1;"), "{fields:?}");
+}
+
+#[tokio::test]
+async fn mailsink_spf_tag_stores_the_result_and_refuses_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("md");
+    let sink = spf_sink("tag", &maildir).await;
+    let transport = client(sink.port()).build();
+    for from in ["ann@allowed.example", "ann@forbidden.example"] {
+        let reply = send(&transport, &envelope(Some(from), &["bob@example.com"]), ONE)
+            .await
+            .unwrap();
+        assert_eq!(reply.code().to_string(), "250", "{from}");
+    }
+    let fields = received_spf_fields(&maildir, ONE);
+    assert_eq!(fields.len(), 2);
+    assert!(fields[0].starts_with("Received-SPF: fail "), "{fields:?}");
+    assert!(fields[0].contains("ann@forbidden.example"), "{fields:?}");
+    assert!(fields[1].starts_with("Received-SPF: pass "), "{fields:?}");
+    assert!(fields[1].contains("ann@allowed.example"), "{fields:?}");
+}
+
+#[tokio::test]
+async fn mailsink_rate_limit_refuses_the_third_message_in_a_minute() {
+    let sink = Example::start(
+        "mailsink",
+        &["--listen", "127.0.0.1:0", "--discard", "--rate-limit", "2"],
+        None,
+        1,
+    );
+    let transport = client(sink.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    for n in 1..=2 {
+        let reply = send(&transport, &env, ONE).await.unwrap();
+        assert_eq!(reply.code().to_string(), "250", "message {n}");
+    }
+    let limited = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&limited), "450", "{limited}");
+    assert!(limited.is_transient());
+    assert!(limited.to_string().contains("4.7.0"), "{limited}");
 }
 
 // ---------------------------------------------------------------- smtp2http
@@ -936,4 +1153,142 @@ async fn header_layer_stamps_every_message() {
     assert!(line.starts_with("message "), "{line}");
     assert_eq!(example.next_line(), "X-Received-By: mx.test");
     assert_eq!(example.next_line(), "From: Ann <ann@example.org>");
+}
+
+// ---------------------------------------------------------------- submission
+
+/// Starts the submission server with a fresh certificate, accounts `ann`
+/// (may send as ann@example.com and from example.org) and `bob` (as
+/// bob@example.com), a Maildir in `dir` unless `--discard`, and `extra`
+/// options.
+fn submission(dir: &Path, extra: &[&str]) -> Example {
+    let (cert, key) = write_certificate(dir);
+    let maildir = dir.join("md");
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--hostname",
+        "submit.test",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--user",
+        "ann:ann-secret",
+        "--user",
+        "bob:bob-secret",
+        "--allow",
+        "ann=ann@example.com",
+        "--allow",
+        "ann=@example.org",
+        "--allow",
+        "bob=bob@example.com",
+    ];
+    if !extra.contains(&"--discard") {
+        args.extend(["--maildir", maildir.to_str().unwrap()]);
+    }
+    args.extend_from_slice(extra);
+    Example::start("submission", &args, None, 1)
+}
+
+/// A STARTTLS client, logged in as `user` when given.
+fn submitter(port: u16, user: Option<&str>) -> AsyncSmtpTransport<Tokio1Executor> {
+    let builder = client(port).tls(Tls::Required(insecure_tls()));
+    match user {
+        Some(name) => builder
+            .credentials(Credentials::new(name.into(), format!("{name}-secret")))
+            .build(),
+        None => builder.build(),
+    }
+}
+
+#[tokio::test]
+async fn submission_refuses_mail_before_starttls_and_before_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = submission(dir.path(), &[]);
+
+    // Plain text: nothing but EHLO, NOOP, QUIT and STARTTLS, and no AUTH
+    // offered (a password must never cross the network in clear).
+    let mut plain = Conversation::open(server.addrs[0]);
+    plain.send("EHLO client.example\r\n");
+    let ehlo = plain.full_reply();
+    assert!(
+        ehlo.contains("250-STARTTLS") || ehlo.contains("250 STARTTLS"),
+        "{ehlo}"
+    );
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    let mail = plain.command("MAIL FROM:<ann@example.com>");
+    assert!(mail.starts_with("530 5.7.0 "), "{mail}");
+    let auth = plain.command("AUTH PLAIN AGFubgBhbm4tc2VjcmV0");
+    assert!(auth.starts_with("530 5.7.0 "), "{auth}");
+
+    // TLS without AUTH.
+    let env = envelope(Some("ann@example.com"), &["bob@example.net"]);
+    let anonymous = send(&submitter(server.port(), None), &env, ONE)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&anonymous), "530", "{anonymous}");
+    assert!(anonymous.to_string().contains("5.7.0"), "{anonymous}");
+    assert!(files(&dir.path().join("md").join("new")).is_empty());
+}
+
+#[tokio::test]
+async fn submission_delivers_permitted_senders_and_refuses_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = submission(dir.path(), &[]);
+    let ann = submitter(server.port(), Some("ann"));
+    let to = ["carol@example.net"];
+
+    for from in ["ann@example.com", "news@EXAMPLE.org"] {
+        let reply = send(&ann, &envelope(Some(from), &to), ONE).await.unwrap();
+        assert_eq!(reply.code().to_string(), "250", "{from}");
+    }
+    for from in ["bob@example.com", "ann@example.net"] {
+        let refused = send(&ann, &envelope(Some(from), &to), ONE)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&refused), "553", "{from}: {refused}");
+        assert!(refused.to_string().contains("5.7.1"), "{refused}");
+    }
+    let bob = submitter(server.port(), Some("bob"));
+    send(&bob, &envelope(Some("bob@example.com"), &to), ONE)
+        .await
+        .unwrap();
+
+    let stored = files(&dir.path().join("md").join("new"));
+    assert_eq!(stored.len(), 3);
+    for path in stored {
+        let bytes = std::fs::read(path).unwrap();
+        let (_, received, rest) = split_trace(&bytes);
+        assert!(
+            received.contains("by submit.test (smtpsrv) with ESMTPSA id "),
+            "{received}"
+        );
+        assert_eq!(rest, ONE);
+    }
+}
+
+#[tokio::test]
+async fn submission_rate_limits_each_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = submission(dir.path(), &["--rate-limit", "2", "--discard"]);
+    let ann = submitter(server.port(), Some("ann"));
+    let env = envelope(Some("ann@example.com"), &["carol@example.net"]);
+    for n in 1..=2 {
+        let reply = send(&ann, &env, ONE).await.unwrap();
+        assert_eq!(reply.code().to_string(), "250", "message {n}");
+    }
+    let limited = send(&ann, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&limited), "450", "{limited}");
+    assert!(limited.to_string().contains("4.7.0"), "{limited}");
+
+    // Same address, another login: its own quota.
+    let bob = submitter(server.port(), Some("bob"));
+    let env = envelope(Some("bob@example.com"), &["carol@example.net"]);
+    let reply = send(&bob, &env, ONE).await.unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+    assert!(
+        !dir.path().join("md").exists(),
+        "--discard must not create the Maildir"
+    );
 }

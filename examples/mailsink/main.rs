@@ -1,28 +1,32 @@
 //! mailsink: a complete mail server that stores what it receives in a
-//! Maildir, with STARTTLS, implicit TLS, AUTH, LMTP and the PROXY protocol.
+//! Maildir, with STARTTLS, implicit TLS, AUTH, SPF, rate limits, LMTP and
+//! the PROXY protocol.
 //!
 //! ```text
 //! cargo run --release --example mailsink -- --maildir ./maildir
 //! cargo run --release --example mailsink -- --discard            # benchmarks
+//! cargo run --release --example mailsink -- --listen 0.0.0.0:25 \
+//!     --spf reject --rate-limit 30
 //! cargo run --release --example mailsink -- --listen 0.0.0.0:587 \
 //!     --tls-cert cert.pem --tls-key key.pem --require-tls \
 //!     --user ann:secret --require-auth
 //! ```
 //!
 //! Every message answered 250 is in `<maildir>/new/`, preceded by
-//! `Return-Path` and `Received` header fields. One line per bound address,
-//! `listening on ADDR`, goes to stdout (so `--listen 127.0.0.1:0` can be
-//! used and the port read back); logs go to stderr (`RUST_LOG` sets the
-//! level, `info` by default). Ctrl-C or SIGTERM stops it gracefully: no new
+//! `Return-Path` and `Received` header fields (and `Received-SPF` with
+//! `--spf tag|reject`). One line per bound address, `listening on ADDR`,
+//! goes to stdout (so `--listen 127.0.0.1:0` can be used and the port read
+//! back); logs go to stderr (`RUST_LOG` sets the level, `info` by
+//! default). Ctrl-C or SIGTERM stops it gracefully: no new
 //! connections, transactions in progress finish, then it exits; SIGHUP
 //! reloads the TLS certificate files.
 
-mod maildir;
-mod trace;
+#[path = "../common/mod.rs"]
+mod common;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,11 +35,17 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use smtpsrv::proxy::TrustedProxies;
 use smtpsrv::tls::TlsConfig;
-use smtpsrv::{Authenticate, BoxError, Builder, Context, Identity, Reply, Server};
+use smtpsrv::{BoxError, Builder, Context, MailFrom, Reply, Server};
+use smtpsrv_middleware::Resolver;
+use smtpsrv_middleware::rate_limit::{Quota, RateLimitLayer};
+use smtpsrv_middleware::spf::SpfLayer;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 use tracing_subscriber::EnvFilter;
 
-use crate::maildir::Maildir;
+use crate::common::accounts::{User, authenticator, parse_user};
+use crate::common::maildir::Maildir;
+use crate::common::trace;
 
 /// A mail server that stores every message it accepts in a Maildir.
 #[derive(Parser, Debug)]
@@ -103,12 +113,19 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
-    /// SPF check of the sender.
+    /// SPF check of the sender at MAIL FROM.
     #[arg(long, value_enum, default_value_t = SpfMode::Off)]
     spf: SpfMode,
 
-    /// Messages per minute and client IP.
-    #[arg(long, value_name = "PER_MINUTE")]
+    /// DNS server for the SPF lookups, e.g. 127.0.0.1:53; repeatable
+    /// (default: the system's, from /etc/resolv.conf).
+    #[arg(long, value_name = "ADDR")]
+    dns_server: Vec<SocketAddr>,
+
+    /// Messages per minute and client IP (counted at MAIL FROM; that many
+    /// may come at once, then one every 60/PER_MINUTE seconds). Over it:
+    /// 450 4.7.0, the client retries later.
+    #[arg(long, value_name = "PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
 
     /// Speak LMTP instead of SMTP.
@@ -125,32 +142,10 @@ struct Args {
 enum SpfMode {
     /// No SPF check.
     Off,
-    /// Record the result in an Authentication-Results header.
+    /// Record the result in a Received-SPF header of the stored message.
     Tag,
-    /// Refuse mail whose SPF check fails.
+    /// Refuse senders whose SPF check fails (550 5.7.23); tag the others.
     Reject,
-}
-
-#[derive(Clone)]
-struct User {
-    name: String,
-    password: String,
-}
-
-impl std::fmt::Debug for User {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "User({})", self.name)
-    }
-}
-
-fn parse_user(s: &str) -> Result<User, String> {
-    match s.split_once(':') {
-        Some((name, password)) if !name.is_empty() => Ok(User {
-            name: name.into(),
-            password: password.into(),
-        }),
-        _ => Err("expected NAME:PASSWORD".into()),
-    }
 }
 
 fn parse_trusted(s: &str) -> Result<TrustedProxies, String> {
@@ -178,13 +173,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
-    // Refuse options whose layers do not exist yet rather than pretend.
-    if args.spf != SpfMode::Off {
-        return Err("--spf tag|reject is not available yet (only --spf off)".into());
-    }
-    if args.rate_limit.is_some() {
-        return Err("--rate-limit is not available yet".into());
-    }
     // Registered before listening, so that a signal is never lost to the
     // default action (which would kill the process mid-transaction).
     let shutdown = shutdown_signal()?;
@@ -261,31 +249,50 @@ fn configure(args: &Args, hostname: &str) -> Result<Builder, BoxError> {
         builder = builder.tls(tls).require_tls(args.require_tls);
     }
     if !args.users.is_empty() {
-        // Verifies AUTH credentials against the --user accounts.
-        let accounts: Arc<HashMap<String, String>> = Arc::new(
-            args.users
-                .iter()
-                .map(|u| (u.name.clone(), u.password.clone()))
-                .collect(),
-        );
-        let authenticator = tower::service_fn(move |req: Authenticate| {
-            let known = accounts.get(req.username()).is_some_and(|password| {
-                same_secret(password.as_bytes(), req.password().as_bytes())
-            });
-            ready(Ok::<_, Infallible>(
-                known.then(|| Identity::new(req.username())),
-            ))
-        });
         builder = builder
-            .authenticator(authenticator)
+            .authenticator(authenticator(&args.users))
             .allow_insecure_auth(args.allow_insecure_auth)
             .require_auth(args.require_auth);
     }
     if let Some(trusted) = args.proxy_protocol.clone() {
         builder = builder.proxy_protocol(trusted);
     }
+    mail_policy(args, hostname, builder)
+}
 
-    Ok(builder)
+/// The `MAIL FROM` hook, when `--rate-limit` or `--spf` ask for one: the
+/// policy layers decide before any data is read. The SPF outcome stays on
+/// the transaction, so the stored message gets its `Received-SPF` field.
+fn mail_policy(args: &Args, hostname: &str, builder: Builder) -> Result<Builder, BoxError> {
+    let rate_limit = args
+        .rate_limit
+        .map(|per_minute| RateLimitLayer::per_ip(Quota::per(per_minute, Duration::from_secs(60))));
+    let spf = match args.spf {
+        SpfMode::Off => None,
+        mode => {
+            let resolver = if args.dns_server.is_empty() {
+                Resolver::system()
+            } else {
+                Resolver::nameservers(args.dns_server.iter().copied())
+            }
+            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+            let spf = SpfLayer::new(resolver).hostname(hostname);
+            Some(if mode == SpfMode::Reject {
+                spf.reject_fail()
+            } else {
+                spf
+            })
+        }
+    };
+    if rate_limit.is_none() && spf.is_none() {
+        return Ok(builder);
+    }
+    // Rate limit first: a client over its quota costs no DNS lookups.
+    let on_mail = ServiceBuilder::new()
+        .option_layer(rate_limit)
+        .option_layer(spf)
+        .service_fn(|_: MailFrom| ready(Ok::<_, BoxError>(Reply::ok())));
+    Ok(builder.on_mail(on_mail))
 }
 
 /// Writes the message into the Maildir behind its trace header fields; 250
@@ -317,12 +324,6 @@ async fn store(ctx: Context, maildir: Arc<Maildir>, hostname: Arc<str>) -> Resul
 fn discard(ctx: Context) -> Ready<Result<(), Infallible>> {
     tracing::debug!(id = %ctx.id(), size = ctx.size(), "discarded");
     ready(Ok(()))
-}
-
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell how much of a guessed password was right.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, BoxError> {

@@ -1,18 +1,23 @@
 //! The trace fields a delivering server adds on top of a message
 //! (RFC 5321 4.4): `Return-Path` with the envelope sender and a `Received`
-//! line saying from where, by whom, how and when.
+//! line saying from where, by whom, how and when; and `Received-SPF` when
+//! an SPF layer checked the sender.
 
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use smtpsrv::{Context, Greeting};
+use smtpsrv_middleware::spf::SpfOutcome;
 
-/// `Return-Path:` and `Received:` for `ctx`, CRLF-terminated, ready to be
-/// written in front of the message.
+/// `Return-Path:`, `Received-SPF:` (if an [`SpfOutcome`] is on `ctx`) and
+/// `Received:` for `ctx`, CRLF-terminated, ready to be written in front of
+/// the message.
 ///
 /// ```text
 /// Return-Path: <ann@example.org>
+/// Received-SPF: pass (mx.example.com: domain of ann@example.org designates 192.0.2.1 as permitted sender)
+///     receiver=mx.example.com; client-ip=192.0.2.1; envelope-from="ann@example.org"; helo=client.example;
 /// Received: from client.example ([192.0.2.1])
 ///     (using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)
 ///     by mx.example.com (smtpsrv) with ESMTPS id 18c2f0a1b2c3d00.1
@@ -22,6 +27,12 @@ pub fn trace_header(ctx: &Context, hostname: &str) -> Vec<u8> {
     let mut out = String::with_capacity(320);
     let sender = ctx.reverse_path().map_or("", |a| a.as_str());
     let _ = write!(out, "Return-Path: <{sender}>\r\n");
+    // Above our Received field, as RFC 7208 9.1 asks. Written here rather
+    // than by the SPF layer at DATA, which would copy the whole message to
+    // put one line in front of it.
+    if let Some(spf) = ctx.extensions().get::<SpfOutcome>() {
+        out.push_str(&spf.received_spf(hostname));
+    }
 
     let helo = ctx
         .helo_name()
