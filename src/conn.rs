@@ -103,8 +103,10 @@ enum Flow {
 /// Below this a buffer is kept between commands; above it, released when
 /// empty, so idle connections stay small.
 const IDLE_BUFFER: usize = 4 * 1024;
-/// How much to read at once while receiving a message.
-const DATA_READ: usize = 64 * 1024;
+/// How much to read at once while receiving a message: starts small and
+/// doubles while reads fill the buffer (large messages).
+const DATA_READ_MIN: usize = 16 * 1024;
+const DATA_READ_MAX: usize = 256 * 1024;
 /// How much to read at once between commands.
 const COMMAND_READ: usize = 1024;
 
@@ -123,6 +125,7 @@ pub(crate) struct Connection<IO, S> {
     over_budget: bool,
     shutdown: CancellationToken,
     deadline: Instant,
+    data_read: usize,
 }
 
 impl<IO, S> Connection<IO, S>
@@ -166,6 +169,7 @@ where
             reservation: None,
             over_budget: false,
             shutdown,
+            data_read: DATA_READ_MIN,
         })
     }
 
@@ -492,27 +496,74 @@ where
             self.session.input_mode(),
             InputMode::Command { .. } | InputMode::AuthResponse { .. }
         );
+        let want = if receiving {
+            self.data_read
+        } else {
+            COMMAND_READ
+        };
+        self.read_buf.reserve(want);
+        // Fast path: input is already there, read it into the buffer we have.
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(
+                match tokio_util::io::poll_read_buf(
+                    Pin::new(&mut self.transport),
+                    cx,
+                    &mut self.read_buf,
+                ) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => None,
+                },
+            )
+        })
+        .await;
+        let result = match ready {
+            Some(r) => r,
+            None => {
+                // The client is quiet: give a large idle buffer back before
+                // waiting (memory per idle connection stays small).
+                if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUFFER {
+                    self.read_buf =
+                        BytesMut::with_capacity(if receiving { want } else { COMMAND_READ });
+                }
+                match self.wait_for_input(receiving).await {
+                    Ok(r) => r,
+                    Err(stop) => return Err(stop),
+                }
+            }
+        };
+        match result {
+            Ok(0) => Err(ReadStop::Eof),
+            Ok(n) => {
+                // A read that filled what we asked for: ask for more next time.
+                self.data_read = if !receiving {
+                    DATA_READ_MIN
+                } else if n >= want {
+                    (want * 2).min(DATA_READ_MAX)
+                } else {
+                    want
+                };
+                Ok(())
+            }
+            Err(_) => Err(ReadStop::Failed),
+        }
+    }
+
+    /// Waits for input until the deadline, or for shutdown when idle.
+    async fn wait_for_input(
+        &mut self,
+        receiving: bool,
+    ) -> Result<std::io::Result<usize>, ReadStop> {
         let deadline = if receiving {
             Instant::now() + self.config.data_timeout
         } else {
             self.deadline
         };
-        if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUFFER && !receiving {
-            self.read_buf = BytesMut::new();
-        }
-        self.read_buf
-            .reserve(if receiving { DATA_READ } else { COMMAND_READ });
         let idle = !self.session.in_transaction() && self.read_buf.is_empty();
         let read = self.transport.read_buf(&mut self.read_buf);
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled(), if idle => Err(ReadStop::Shutdown),
-            r = tokio::time::timeout_at(deadline, read) => match r {
-                Ok(Ok(0)) => Err(ReadStop::Eof),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(_)) => Err(ReadStop::Failed),
-                Err(_) => Err(ReadStop::Timeout),
-            },
+            r = tokio::time::timeout_at(deadline, read) => r.map_err(|_| ReadStop::Timeout),
         }
     }
 }

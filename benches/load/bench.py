@@ -329,6 +329,8 @@ def load_config(argv):
     default_smtpsrv = (
         f"{shlex.quote(os.environ.get('MAILSINK_BIN', 'target/release/examples/mailsink'))}"
         " --listen {host}:{port} --discard --max-connections {max_conns}"
+        " --max-connections-per-ip {max_conns}"
+        + (" " + os.environ["MAILSINK_ARGS"] if os.environ.get("MAILSINK_ARGS") else "")
     )
     out_dir = os.environ.get("BENCH_OUT_DIR", "target/bench")
     return {

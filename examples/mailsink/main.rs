@@ -113,6 +113,15 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// Connections from one client IP at once (default 100).
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+
+    /// Worker threads: 0 (the default) uses one per CPU; 1 runs everything
+    /// on one thread, which costs the least CPU per message.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+
     /// SPF check of the sender at MAIL FROM.
     #[arg(long, value_enum, default_value_t = SpfMode::Off)]
     spf: SpfMode,
@@ -156,14 +165,32 @@ fn parse_trusted(s: &str) -> Result<TrustedProxies, String> {
     Ok(trusted)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match run(args).await {
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mailsink: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mailsink: {e}");
@@ -239,6 +266,9 @@ fn configure(args: &Args, hostname: &str) -> Result<Builder, BoxError> {
     }
     if let Some(secs) = args.command_timeout {
         builder = builder.command_timeout(Duration::from_secs(secs));
+    }
+    if let Some(n) = args.max_connections_per_ip {
+        builder = builder.max_connections_per_ip(n);
     }
     if let Some(n) = args.max_connections {
         builder = builder.max_connections(n);
