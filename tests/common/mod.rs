@@ -360,3 +360,160 @@ impl Client {
         self.cmd("DATA", 354).await;
     }
 }
+
+impl Client {
+    /// The underlying buffered stream, for tests that script raw IO.
+    pub fn stream_mut(&mut self) -> &mut BufReader<TcpStream> {
+        &mut self.stream
+    }
+}
+
+/// Asserts that the server admits `n` connections at once (each greeted
+/// 220): with `max_connections(n)` this detects a leaked slot, i.e. a
+/// connection task that outlived its client. Slots are freed when the
+/// connection tasks end, shortly after their clients leave, so refusals are
+/// retried until [`TIMEOUT`].
+pub async fn assert_admits(addr: SocketAddr, n: usize) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut clients = Vec::with_capacity(n);
+        let mut refused = 0;
+        for _ in 0..n {
+            let mut c = Client::connect_raw(addr).await;
+            match c.try_read_reply().await {
+                Some(r) if r.code == 220 => clients.push(c),
+                Some(r) if r.code == 421 => refused += 1,
+                other => panic!("unexpected first reply {other:?}"),
+            }
+        }
+        if refused == 0 {
+            for mut c in clients {
+                c.cmd("QUIT", 221).await;
+                c.expect_eof().await;
+            }
+            return;
+        }
+        drop(clients);
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "only {} of {n} connections admitted after {TIMEOUT:?}: a slot leaked",
+            n - refused
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// This process's resident set size in KiB (`VmRSS` of
+/// `/proc/self/status`), or `None` where that file does not exist.
+///
+/// The server runs inside the test process, so growth of this figure is
+/// growth of the server's (and the test clients') memory.
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Taken exclusively ([`alone`]) by tests that measure process-wide
+/// figures (memory, open files) or load both cores, and shared
+/// ([`beside_others`]) by the other tests of the same binary.
+static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Waits until no other test of this binary that takes [`alone`] or
+/// [`beside_others`] runs, and keeps it so while the guard lives.
+pub async fn alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    SERIAL.write().await
+}
+
+/// Runs beside other tests, but never beside one that runs [`alone`].
+pub async fn beside_others() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    SERIAL.read().await
+}
+
+/// How many sockets other than Unix sockets this process has open (Linux),
+/// to detect sockets that outlive their connection. Unix sockets come and go
+/// with the runtimes of other tests (tokio's signal driver holds one) and
+/// are not counted; a leaked TCP socket is, even once the connection is
+/// closed and gone from `/proc/net/tcp`.
+pub fn open_sockets() -> Option<usize> {
+    let unix = std::fs::read_to_string("/proc/self/net/unix").ok()?;
+    // Columns: Num RefCount Protocol Flags Type St Inode [Path]
+    let unix_inodes: std::collections::HashSet<String> = unix
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(6))
+        .map(|inode| format!("socket:[{inode}]"))
+        .collect();
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?;
+    let open = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.starts_with("socket:") && !unix_inodes.contains(target))
+        .count();
+    Some(open)
+}
+
+/// A deterministic pseudo-random generator (xorshift64*), so that "random"
+/// inputs and failures are the same on every run.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator from a non-zero seed (zero is replaced).
+    pub fn new(seed: u64) -> Self {
+        XorShift(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `len` random bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Panics whose location is outside the test files: a bug in the library
+/// (or a dependency), even when caught by the server's panic guard.
+static LIBRARY_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Starts counting panics raised outside `tests/` (the default hook still
+/// prints them). Deliberate panics in test handlers and failed assertions
+/// are located in `tests/` and are not counted. Idempotent.
+pub fn watch_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tests = info
+                .location()
+                .is_some_and(|l| l.file().starts_with("tests/") || l.file().contains("/tests/"));
+            if !in_tests {
+                LIBRARY_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            default(info);
+        }));
+    });
+}
+
+/// Asserts that no panic outside `tests/` happened since [`watch_panics`].
+pub fn assert_no_library_panic() {
+    let n = LIBRARY_PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(n, 0, "{n} panic(s) outside the tests (see stderr)");
+}
