@@ -355,6 +355,32 @@ impl Builder {
     }
 }
 
+/// Pending connections the kernel queues for us: a burst of clients (a
+/// spam wave, a load test) should not wait for SYN retries (tokio's
+/// `TcpListener::bind` uses 128).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the first address that works, with address reuse and a deep backlog.
+async fn bind_listener(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 struct Listener {
     tcp: TcpListener,
     implicit_tls: bool,
@@ -395,7 +421,7 @@ impl Server {
 
     /// Listens on `addr` (plain SMTP, with STARTTLS when TLS is configured).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<Self> {
-        let tcp = TcpListener::bind(addr).await?;
+        let tcp = bind_listener(addr).await?;
         Ok(self.listener(tcp))
     }
 
@@ -408,7 +434,7 @@ impl Server {
                 "implicit TLS needs Builder::tls",
             ));
         }
-        let tcp = TcpListener::bind(addr).await?;
+        let tcp = bind_listener(addr).await?;
         Ok(self.implicit_tls_listener(tcp))
     }
 
