@@ -360,8 +360,10 @@ impl Builder {
 /// `TcpListener::bind` uses 128).
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Binds the first address that works, with address reuse and a deep backlog.
-async fn bind_listener(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+/// Binds a TCP listener as [`Server::bind`] does: the first address that
+/// works, with address reuse and a 1024-deep backlog (tokio's
+/// `TcpListener::bind` queues 128). For [`Server::listener`].
+pub async fn bind_listener(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
     for addr in tokio::net::lookup_host(addr).await? {
         let socket = if addr.is_ipv4() {

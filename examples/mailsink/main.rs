@@ -24,7 +24,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +62,12 @@ struct Args {
     /// Accept every message and drop it (for benchmarks).
     #[arg(long, conflicts_with = "maildir")]
     discard: bool,
+
+    /// Parse every message (MIME: headers, bodies, attachments) before
+    /// storing or discarding it, and log its subject; refuses messages
+    /// without headers (554 5.6.0). Shows what parsing costs.
+    #[arg(long)]
+    parse: bool,
 
     /// Name in the banner, EHLO reply and Received header
     /// (default: this machine's host name).
@@ -234,16 +239,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
     match maildir {
         None => {
             tracing::info!(%hostname, "discarding every message");
+            let parse = args.parse;
             server
-                .serve(tower::service_fn(discard))
+                .serve(tower::service_fn(move |ctx| discard(ctx, parse)))
                 .with_graceful_shutdown(shutdown)
                 .await?;
         }
         Some(maildir) => {
             tracing::info!(%hostname, maildir = %args.maildir.display(), "storing messages");
             let hostname: Arc<str> = hostname.into();
+            let parse = args.parse;
             let handler = tower::service_fn(move |ctx: Context| {
-                store(ctx, Arc::clone(&maildir), Arc::clone(&hostname))
+                store(ctx, Arc::clone(&maildir), Arc::clone(&hostname), parse)
             });
             server
                 .serve(handler)
@@ -327,7 +334,15 @@ fn mail_policy(args: &Args, hostname: &str, builder: Builder) -> Result<Builder,
 
 /// Writes the message into the Maildir behind its trace header fields; 250
 /// only once it is safely on disk. An error becomes 451: the client retries.
-async fn store(ctx: Context, maildir: Arc<Maildir>, hostname: Arc<str>) -> Result<Reply, BoxError> {
+async fn store(
+    ctx: Context,
+    maildir: Arc<Maildir>,
+    hostname: Arc<str>,
+    parse: bool,
+) -> Result<Reply, BoxError> {
+    if parse {
+        parsed(&ctx)?;
+    }
     let header = trace::trace_header(&ctx, &hostname);
     let file = maildir
         .deliver(header, ctx.message().clone())
@@ -351,13 +366,36 @@ async fn store(ctx: Context, maildir: Arc<Maildir>, hostname: Arc<str>) -> Resul
 
 /// Accepts and drops: the cheapest possible handler (its log line is at
 /// debug level so that benchmarks do not measure the logger).
-fn discard(ctx: Context) -> Ready<Result<(), Infallible>> {
+fn discard(ctx: Context, parse: bool) -> Ready<Result<(), Reply>> {
+    if parse && let Err(refusal) = parsed(&ctx) {
+        return ready(Err(refusal));
+    }
     tracing::debug!(id = %ctx.id(), size = ctx.size(), "discarded");
     ready(Ok(()))
 }
 
+/// Parses the message and logs its subject; a refusal when it has no headers.
+fn parsed(ctx: &Context) -> Result<(), Reply> {
+    match ctx.parse() {
+        Ok(email) => {
+            tracing::debug!(
+                id = %ctx.id(),
+                subject = email.subject().unwrap_or(""),
+                attachments = email.attachments().len(),
+                "parsed"
+            );
+            Ok(())
+        }
+        Err(e) => Err(Reply::new(
+            554,
+            (5, 6, 0),
+            format!("Cannot parse message: {e}"),
+        )),
+    }
+}
+
 async fn bind(addr: &str) -> Result<TcpListener, BoxError> {
-    TcpListener::bind(addr)
+    smtpsrv::bind_listener(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}").into())
 }
