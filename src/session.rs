@@ -404,37 +404,37 @@ impl Session {
         Action::Reply(Reply::plain(250, self.capabilities(&name)))
     }
 
+    /// The EHLO reply text: one keyword a line (built into one string).
     fn capabilities(&self, name: &str) -> String {
+        use std::fmt::Write as _;
         let c = &self.config;
-        let mut lines = vec![format!("{} Hello {}", c.hostname, name)];
-        lines.push("PIPELINING".into());
-        lines.push(format!("SIZE {}", c.max_message_bytes));
-        lines.push("8BITMIME".into());
-        lines.push("SMTPUTF8".into());
-        lines.push("ENHANCEDSTATUSCODES".into());
+        let mut text = String::with_capacity(256);
+        let _ = write!(
+            text,
+            "{} Hello {name}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES",
+            c.hostname, c.max_message_bytes
+        );
         if c.chunking {
-            lines.push("CHUNKING".into());
-            lines.push("BINARYMIME".into());
+            text.push_str("\nCHUNKING\nBINARYMIME");
         }
         if c.dsn {
-            lines.push("DSN".into());
+            text.push_str("\nDSN");
         }
         if c.starttls && !self.info.is_tls() {
-            lines.push("STARTTLS".into());
+            text.push_str("\nSTARTTLS");
         }
         if self.auth_offered() {
-            lines.push("AUTH PLAIN LOGIN".into());
+            text.push_str("\nAUTH PLAIN LOGIN");
         }
         if self.info.is_tls() {
-            lines.push("REQUIRETLS".into());
+            text.push_str("\nREQUIRETLS");
         }
-        let mut limits = format!("LIMITS RCPTMAX={}", c.max_recipients);
+        let _ = write!(text, "\nLIMITS RCPTMAX={}", c.max_recipients);
         if let Some(n) = c.max_messages_per_session {
-            limits.push_str(&format!(" MAILMAX={n}"));
+            let _ = write!(text, " MAILMAX={n}");
         }
-        lines.push(limits);
-        lines.push("HELP".into());
-        lines.join("\n")
+        text.push_str("\nHELP");
+        text
     }
 
     fn auth_offered(&self) -> bool {

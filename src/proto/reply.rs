@@ -149,28 +149,44 @@ impl Reply {
             code[3] = if last { b' ' } else { b'-' };
             dst.put_slice(&code);
             if let Some(s) = status {
-                use std::fmt::Write as _;
-                let mut tmp = String::with_capacity(12);
-                let _ = write!(tmp, "{s}");
-                dst.put_slice(tmp.as_bytes());
+                put_number(dst, u16::from(s.class));
+                dst.put_u8(b'.');
+                put_number(dst, s.subject);
+                dst.put_u8(b'.');
+                put_number(dst, s.detail);
                 if !line.is_empty() {
                     dst.put_u8(b' ');
                 }
             }
             let room = MAX_REPLY_LINE - 2 - (dst.len() - start);
-            let mut taken = 0;
-            for b in line.bytes() {
-                if taken == room {
-                    break;
-                }
-                if b != b'\r' {
+            if !line.contains('\r') {
+                dst.put_slice(&line.as_bytes()[..line.len().min(room)]);
+            } else {
+                for (taken, b) in line.bytes().filter(|&b| b != b'\r').enumerate() {
+                    if taken == room {
+                        break;
+                    }
                     dst.put_u8(b);
-                    taken += 1;
                 }
             }
             dst.put_slice(b"\r\n");
         }
     }
+}
+
+/// Appends a number in decimal without going through `fmt`.
+fn put_number(dst: &mut BytesMut, mut n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.put_slice(&digits[i..]);
 }
 
 fn itoa_3(code: u16) -> [u8; 4] {
