@@ -47,7 +47,7 @@ use smtpsrv::{BoxError, Reply};
 use tower::{Layer, Service};
 
 use crate::dns::Resolver;
-use crate::future::{BoxResponseFuture, refuse};
+use crate::future::{BoxResponseFuture, pass_through, refuse, take_ready};
 use crate::message::AuthMessage;
 use crate::request::StageData;
 
@@ -295,11 +295,9 @@ where
 
     fn call(&mut self, mut req: R) -> Self::Future {
         if req.message().is_none() {
-            let future = self.inner.call(req);
-            return Box::pin(async move { future.await.map_err(Into::into) });
+            return pass_through(self.inner.call(req));
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let resolver = self.resolver.clone();
         let config = self.config.clone();
         Box::pin(async move {

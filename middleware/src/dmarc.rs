@@ -46,7 +46,7 @@ use tower::{Layer, Service};
 
 use crate::dkim::{DkimOutcome, outcome_of};
 use crate::dns::Resolver;
-use crate::future::{BoxResponseFuture, refuse};
+use crate::future::{BoxResponseFuture, pass_through, refuse, take_ready};
 use crate::request::{StageData, client_ip, sender};
 use crate::spf::{self, SpfOutcome};
 
@@ -235,11 +235,9 @@ where
 
     fn call(&mut self, mut req: R) -> Self::Future {
         if req.message().is_none() {
-            let future = self.inner.call(req);
-            return Box::pin(async move { future.await.map_err(Into::into) });
+            return pass_through(self.inner.call(req));
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let resolver = self.resolver.clone();
         let config = self.config.clone();
         Box::pin(async move {

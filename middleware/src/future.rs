@@ -70,3 +70,21 @@ pub type BoxResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>>
 pub(crate) fn refuse(reply: Reply) -> BoxError {
     Box::new(reply)
 }
+
+/// The inner call as a boxed future, for requests a layer lets through
+/// untouched.
+pub(crate) fn pass_through<F, T, E>(future: F) -> BoxResponseFuture<T>
+where
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    Box::pin(async move { future.await.map_err(Into::into) })
+}
+
+/// Takes the service that `poll_ready` made ready, leaving a fresh clone in
+/// its place: the ready one moves into a future that calls it later (the
+/// usual tower pattern for layers that await before calling).
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

@@ -31,7 +31,7 @@ use smtpsrv::{BoxError, Reply};
 use tower::{Layer, Service};
 
 use crate::dns::{LookupFailure, Resolver, classify};
-use crate::future::{BoxResponseFuture, refuse};
+use crate::future::{BoxResponseFuture, pass_through, refuse, take_ready};
 use crate::request::{StageData, sender};
 
 /// Why a sender domain is (not) mailable.
@@ -208,13 +208,11 @@ where
     fn call(&mut self, mut req: R) -> Self::Future {
         let domain = match sender(&req) {
             None => {
-                let future = self.inner.call(req);
-                return Box::pin(async move { future.await.map_err(Into::into) });
+                return pass_through(self.inner.call(req));
             }
             Some(from) => from.map(|a| a.domain().unwrap_or_default().to_ascii_lowercase()),
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let resolver = self.resolver.clone();
         Box::pin(async move {
             let outcome = match req.extension::<MailableOutcome>() {

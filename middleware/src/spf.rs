@@ -46,7 +46,7 @@ use smtpsrv::{Address, BoxError, Reply};
 use tower::{Layer, Service};
 
 use crate::dns::Resolver;
-use crate::future::{BoxResponseFuture, refuse};
+use crate::future::{BoxResponseFuture, pass_through, refuse, take_ready};
 use crate::request::{StageData, client_ip, sender};
 
 /// Which identity SPF checked.
@@ -284,12 +284,10 @@ where
     fn call(&mut self, mut req: R) -> Self::Future {
         let Some(from) = sender(&req).map(|s| s.cloned()) else {
             // Before MAIL there is no sender to check.
-            let future = self.inner.call(req);
-            return Box::pin(async move { future.await.map_err(Into::into) });
+            return pass_through(self.inner.call(req));
         };
         // The ready service goes into the future; a fresh clone stays.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let resolver = self.resolver.clone();
         let config = self.config.clone();
         Box::pin(async move {

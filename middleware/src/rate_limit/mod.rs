@@ -50,6 +50,7 @@ use tower::{Layer, Service};
 
 pub use store::{Decision, MemoryStore, Quota, RateLimitStore};
 
+use crate::future::take_ready;
 use crate::request::{StageData, client_ip, sender};
 
 /// What requests are counted by.
@@ -272,8 +273,7 @@ where
             .store
             .check(&key, config.quota, cost, tokio::time::Instant::now());
         // The ready service goes into the future; a fresh clone stays.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         ResponseFuture {
             state: State::Checking {
                 check,
