@@ -6,6 +6,14 @@
 //! costs one write. The command deadline is fixed per command (a byte every
 //! few seconds does not keep a slow client alive); in DATA it is re-armed on
 //! every read, since a large message may legitimately take long.
+//!
+//! DESIGN.md sketches a `Framed<IO, SmtpCodec>`; the driver instead calls the
+//! same [`SmtpCodec`] on a buffer it owns, because `Framed` hides three things
+//! an SMTP server needs: whether a complete frame is still buffered (replies
+//! are flushed only when none is), the read buffer itself (STARTTLS must
+//! throw it away, the PROXY header reader pre-fills it), and its sizing (an
+//! idle connection gives its buffer back). Users who want `Framed` can use
+//! the codec with it as it is.
 
 use std::pin::Pin;
 use std::sync::Arc;
