@@ -1,6 +1,6 @@
 //! The SMTP session as a pure state machine: a decoded command in, a reply
 //! and what the connection must do next out. No IO, no clock, no tasks: the
-//! connection driver ([`crate::conn`]) owns those, and this module is unit
+//! connection driver (`conn.rs`) owns those, and this module is unit
 //! tested without sockets (like hyper's `proto` and mini-redis's `cmd`).
 //!
 //! Early decisions (hooks) are asynchronous, so the session hands them to
