@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -633,14 +633,13 @@ struct Shared {
     tracker: TaskTracker,
 }
 
-/// A connection's place under the caps; released on drop.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
+/// A connection's place under the per-IP cap; released on drop.
+struct IpSlot {
     ip: IpAddr,
     shared: Arc<Shared>,
 }
 
-impl Drop for Slot {
+impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut map = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
@@ -653,16 +652,15 @@ impl Drop for Slot {
 }
 
 impl Shared {
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let permit = self.connections.clone().try_acquire_owned().ok()?;
+    /// A place for one more connection from `ip`, if it has one left.
+    fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= self.config.max_connections_per_ip {
             return None;
         }
         *n += 1;
-        Some(Slot {
-            _permit: permit,
+        Some(IpSlot {
             ip,
             shared: self.clone(),
         })
@@ -696,25 +694,29 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let Some(slot) = shared.admit(peer.ip()) else {
+        let implicit_tls = listener.implicit_tls;
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             tracing::info!(%peer, "too many connections; refused");
-            shared.tracker.spawn(refuse(stream));
+            shared.tracker.spawn(refuse(stream, implicit_tls));
             continue;
         };
         let shared2 = shared.clone();
         let service = service.clone();
         let hooks = hooks.clone();
-        let implicit_tls = listener.implicit_tls;
         shared.tracker.spawn(async move {
-            let _slot = slot;
+            let _permit = permit;
             handle(stream, peer, implicit_tls, shared2, service, hooks).await;
         });
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let reply = b"421 4.7.0 Too many connections, try again later\r\n";
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+/// Answers a connection over a cap with 421 (on plain listeners; a TLS
+/// client could not read it) and closes.
+async fn refuse(mut stream: TcpStream, implicit_tls: bool) {
+    if !implicit_tls {
+        let reply = b"421 4.7.0 Too many connections, try again later\r\n";
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+    }
     let _ = stream.shutdown().await;
 }
 
@@ -753,6 +755,13 @@ async fn handle<S>(
             }
         }
     }
+    // The per-IP cap counts the real client: behind a PROXY-speaking load
+    // balancer, the balancer's own address would otherwise share one cap.
+    let Some(_ip_slot) = shared.admit_ip(peer.ip()) else {
+        tracing::info!(%peer, "too many connections from this address; refused");
+        refuse(stream, implicit_tls).await;
+        return;
+    };
     let transport = if implicit_tls {
         let Some(tls) = &shared.tls else {
             return;

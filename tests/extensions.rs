@@ -891,3 +891,26 @@ async fn requiretls_only_on_tls_sessions() {
     client.cmd("BDAT 0 LAST").await.expect(250, "2.0.0");
     assert!(!inbox.next().await.mail_params().requiretls);
 }
+
+#[tokio::test]
+async fn the_per_ip_cap_counts_the_real_client_behind_a_proxy() {
+    // Every connection comes from the balancer (127.0.0.1); the cap of one
+    // connection per IP applies to the addresses in the PROXY headers.
+    let builder = Server::builder()
+        .proxy_protocol(TrustedProxies::parse("127.0.0.1").unwrap())
+        .max_connections_per_ip(1);
+    let (service, _inbox) = recorder();
+    let server = TestServer::start(builder, service).await;
+    let header = |ip: &str| format!("PROXY TCP4 {ip} 198.51.100.1 5000 25\r\n");
+
+    let mut first = Client::tcp(server.addr).await;
+    first.send(header("192.0.2.1")).await;
+    first.reply().await.expect(220, "");
+    let mut second = Client::tcp(server.addr).await;
+    second.send(header("192.0.2.2")).await;
+    second.reply().await.expect(220, "");
+    // The same real client again is over its cap.
+    let mut third = Client::tcp(server.addr).await;
+    third.send(header("192.0.2.1")).await;
+    third.reply().await.expect(421, "4.7.0");
+}
