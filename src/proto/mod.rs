@@ -9,6 +9,8 @@ pub mod data;
 pub mod line;
 pub mod params;
 pub mod reply;
+#[cfg(test)]
+mod test_rng;
 
 pub use address::{Address, AddressError, split_address};
 pub use bdat::{BdatOutcome, BdatReceiver};
