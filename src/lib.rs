@@ -6,6 +6,29 @@
 //! HELO, AUTH, MAIL and RCPT are tower services too, so the same layers
 //! (timeouts, concurrency limits, rate limits, tracing) apply everywhere.
 //!
+//! # How it fits together
+//!
+//! ```text
+//! TcpListener -accept-> [caps, PROXY header, implicit TLS] -> conn (IO, timeouts, STARTTLS)
+//!    bytes -> codec::SmtpCodec -> proto::Command -> session::Session (pure) -> Action
+//!    Action::Check   -> your hooks: on_connect / on_helo / authenticator / on_mail / on_rcpt
+//!    Action::Deliver -> your Service<Context> -> IntoDelivery -> Reply(s) -> socket
+//! ```
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`proto`] | sans-IO protocol: commands, parameters, addresses, replies, line/DATA/BDAT receivers |
+//! | [`codec`] | the tokio-util codec over `proto` |
+//! | [`session`] | the state machine: command in, reply and next action out |
+//! | [`Server`], [`Builder`] | settings, listeners, caps, graceful shutdown |
+//! | [`Context`], [`email`] | what a handler gets, and the parsed message |
+//! | [`stage`] | hook requests and the [`Stage`] trait layers are generic over |
+//! | [`tls`], [`sasl`], [`proxy`] | certificates and TLS facts, AUTH exchanges, PROXY protocol |
+//!
+//! Policy layers (SPF, DKIM, DMARC, rate limits, ...) are in the companion
+//! crate `smtpsrv-middleware`. Limits and defences are listed in
+//! `SECURITY.md`.
+//!
 //! ```no_run
 //! use smtpsrv::{BoxError, Context, Server};
 //!
