@@ -33,6 +33,7 @@ pub(crate) struct Config {
     pub memory_budget: usize,
     pub proxy: Option<TrustedProxies>,
     pub proxy_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub hooks: HookFlags,
 }
 
@@ -76,6 +77,7 @@ impl Default for Config {
             memory_budget: 1024 * 1024 * 1024,
             proxy: None,
             proxy_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(60),
             hooks: HookFlags::default(),
         }
     }

@@ -567,11 +567,33 @@ where
             self.deadline
         };
         let idle = !self.session.in_transaction() && self.read_buf.is_empty();
+        let grace = self.config.shutdown_grace;
+        let shutdown = self.shutdown.clone();
+        // Once shutdown is signalled, a transaction in progress may finish,
+        // but a silent client waits at most the grace.
+        let mut grace_end = shutdown.is_cancelled().then(|| Instant::now() + grace);
         let read = self.transport.read_buf(&mut self.read_buf);
-        tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled(), if idle => Err(ReadStop::Shutdown),
-            r = tokio::time::timeout_at(deadline, read) => r.map_err(|_| ReadStop::Timeout),
+        tokio::pin!(read);
+        loop {
+            let until = grace_end.map_or(deadline, |g| g.min(deadline));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if grace_end.is_none() => {
+                    if idle {
+                        return Err(ReadStop::Shutdown);
+                    }
+                    grace_end = Some(Instant::now() + grace);
+                }
+                r = tokio::time::timeout_at(until, &mut read) => {
+                    return match r {
+                        Ok(r) => Ok(r),
+                        Err(_) if grace_end.is_some_and(|g| g < deadline) => {
+                            Err(ReadStop::Shutdown)
+                        }
+                        Err(_) => Err(ReadStop::Timeout),
+                    };
+                }
+            }
         }
     }
 }

@@ -219,6 +219,15 @@ impl Builder {
         self
     }
 
+    /// After graceful shutdown is signalled, how long a session in the
+    /// middle of a transaction may stay silent before it is closed with
+    /// `421 4.3.0` (default 60 s; never longer than the usual timeouts).
+    /// Idle sessions are closed at once.
+    pub fn shutdown_grace(mut self, t: Duration) -> Self {
+        self.config.shutdown_grace = t;
+        self
+    }
+
     /// Time allowed for the PROXY header to arrive (default 10 s).
     pub fn proxy_header_timeout(mut self, t: Duration) -> Self {
         self.config.proxy_timeout = t;
@@ -528,8 +537,9 @@ where
     S::Future: Send + 'static,
 {
     /// Stops when `signal` completes: no new connections; transactions in
-    /// progress finish; idle sessions get `421 4.3.0` and are closed. The
-    /// returned future resolves when every connection is closed.
+    /// progress finish (a silent one waits at most
+    /// [`Builder::shutdown_grace`]); idle sessions get `421 4.3.0` and are
+    /// closed. The returned future resolves when every connection is closed.
     pub fn with_graceful_shutdown<F>(self, signal: F) -> WithGracefulShutdown<S, F>
     where
         F: Future<Output = ()> + Send + 'static,

@@ -492,3 +492,24 @@ async fn a_421_from_the_service_closes_the_connection() {
     client.expect_eof().await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stalled_transaction_delays_shutdown_at_most_the_grace() {
+    let builder = Server::builder()
+        .command_timeout(Duration::from_secs(60))
+        .shutdown_grace(Duration::from_millis(300));
+    let mut server = TestServer::start(builder).await;
+    let mut c = Client::connect_ehlo(server.addr).await;
+    c.cmd("MAIL FROM:<ann@example.org>", 250).await;
+    let started = std::time::Instant::now();
+    server.trigger_shutdown();
+    // The client stops talking mid-transaction: closed after the grace,
+    // long before the command timeout.
+    let text = c.expect(421).await;
+    assert!(text.starts_with("4.3.0"), "{text}");
+    c.expect_eof().await;
+    server.join().await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}
