@@ -571,6 +571,9 @@ where
         let shutdown = self.shutdown.clone();
         // Once shutdown is signalled, a transaction in progress may finish,
         // but a silent client waits at most the grace.
+        if idle && shutdown.is_cancelled() {
+            return Err(ReadStop::Shutdown);
+        }
         let mut grace_end = shutdown.is_cancelled().then(|| Instant::now() + grace);
         let read = self.transport.read_buf(&mut self.read_buf);
         tokio::pin!(read);

@@ -513,3 +513,22 @@ async fn a_stalled_transaction_delays_shutdown_at_most_the_grace() {
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
+
+#[tokio::test]
+async fn a_transaction_finished_during_shutdown_is_followed_by_421_at_once() {
+    let builder = Server::builder().command_timeout(Duration::from_secs(60));
+    let mut server = TestServer::start(builder).await;
+    let mut c = Client::connect_ehlo(server.addr).await;
+    c.begin_data("ann@example.org", &["bob@example.net"]).await;
+    server.trigger_shutdown();
+    c.send(b"Subject: t\r\n\r\nx\r\n.\r\n").await;
+    c.expect(250).await;
+    // Now idle: closed at once, not after the 60 s command timeout.
+    let started = std::time::Instant::now();
+    let text = c.expect(421).await;
+    assert!(text.starts_with("4.3.0"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    c.expect_eof().await;
+    server.join().await.unwrap();
+    assert_eq!(server.recorder.len(), 1);
+}
