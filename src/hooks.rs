@@ -59,6 +59,11 @@ where
 
 /// Verifies credentials: `Some(identity)` accepts, `None` is `535 5.7.8`,
 /// a reply error is sent as is, any other error is `454 4.7.0`.
+///
+/// An authorization identity (RFC 4616 2) other than the username is
+/// granted only when the authenticator returned exactly that identity:
+/// one that ignores the authzid (and so returns the username) makes the
+/// exchange fail instead of silently dropping it.
 pub(crate) async fn authenticate(
     hook: Option<&mut AuthHook>,
     request: Authenticate,
@@ -67,8 +72,19 @@ pub(crate) async fn authenticate(
     let Some(hook) = hook else {
         return Err(invalid_credentials());
     };
+    let proxied = request
+        .authzid()
+        .filter(|authzid| *authzid != request.username())
+        .map(str::to_owned);
     match call_guarded(hook, request, limit).await {
-        Ok(Some(identity)) => Ok(identity),
+        Ok(Some(identity)) => match proxied {
+            Some(authzid) if identity.as_str() != authzid => Err(Reply::new(
+                535,
+                (5, 7, 8),
+                "Authentication failed: not authorized to act as that authorization identity",
+            )),
+            _ => Ok(identity),
+        },
         Ok(None) => Err(invalid_credentials()),
         Err(e) => Err(auth_error_reply(e)),
     }

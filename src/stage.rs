@@ -179,6 +179,34 @@ impl Authenticate {
         self.credentials.username()
     }
 
+    /// The authorization identity the client asked to act as (`AUTH PLAIN`'s
+    /// authzid, RFC 4616 2), when it gave one.
+    ///
+    /// When it is present and differs from the username, the exchange
+    /// succeeds only if the authenticator returns `Some(Identity)` equal to
+    /// it: returning the username (what an authenticator unaware of authzid
+    /// does) fails with `535 5.7.8`. An authenticator that supports proxy
+    /// authorization checks that the username may act as the authzid and
+    /// returns the authzid, which becomes the session's identity.
+    ///
+    /// ```
+    /// use smtpsrv::{Authenticate, BoxError, Identity};
+    /// let authenticator = tower::service_fn(|req: Authenticate| async move {
+    ///     let password_ok = req.username() == "admin" && req.password() == "secret";
+    ///     // admin may act as any user of the domain; everyone else only as themselves.
+    ///     let identity = match req.authzid() {
+    ///         Some(user) if password_ok && user.ends_with("@example.com") => Some(Identity::new(user)),
+    ///         Some(_) => None,
+    ///         None => password_ok.then(|| Identity::new(req.username())),
+    ///     };
+    ///     Ok::<_, BoxError>(identity)
+    /// });
+    /// # drop(smtpsrv::Server::builder().authenticator(authenticator));
+    /// ```
+    pub fn authzid(&self) -> Option<&str> {
+        self.credentials.authzid()
+    }
+
     /// The password.
     pub fn password(&self) -> &str {
         self.credentials.password()

@@ -392,6 +392,49 @@ async fn bad_dsn_parameters_are_501() {
         .expect(250, "2.1.5");
 }
 
+/// RFC 3461 4: xtext is `+` and two upper-case hex digits, or a character
+/// from `!` to `~` but `+` and `=`; a decoded ENVID is printable US-ASCII
+/// (4.4). Nothing that decodes to a control character gets into the
+/// Context: `501 5.5.4`, as Postfix answers.
+#[tokio::test]
+async fn xtext_violations_and_decoded_control_characters_are_501_5_5_4() {
+    let (service, mut inbox) = recorder();
+    let server = TestServer::start(Server::builder(), service).await;
+    let mut client = server.connect().await;
+    client.ehlo().await;
+    for mail in [
+        "MAIL FROM:<a@example.com> ENVID=ab+0D+0Acd",
+        "MAIL FROM:<a@example.com> ENVID=ab+0acd",
+        "MAIL FROM:<a@example.com> ENVID=+00",
+        "MAIL FROM:<a@example.com> ENVID=+C3+BC",
+        "MAIL FROM:<a@example.com> AUTH=x+0D+0A@example.com",
+    ] {
+        client.cmd(mail).await.expect(501, "5.5.4");
+    }
+    client
+        .cmd("MAIL FROM:<a@example.com> ENVID=ok+20id")
+        .await
+        .expect(250, "2.1.0");
+    for rcpt in [
+        "RCPT TO:<c@example.com> ORCPT=rfc822;c+0D+0AX-Injected:+20yes@example.com",
+        "RCPT TO:<c@example.com> ORCPT=rfc822;c+2b@example.com",
+        "RCPT TO:<c@example.com> ORCPT=rfc822;c+7F@example.com",
+    ] {
+        client.cmd(rcpt).await.expect(501, "5.5.4");
+    }
+    client
+        .cmd("RCPT TO:<c@example.com> ORCPT=rfc822;c+2Bx@example.com")
+        .await
+        .expect(250, "2.1.5");
+    client.cmd("DATA").await.expect(354, "");
+    client.cmd("\r\nhi\r\n.").await.expect(250, "2.0.0");
+    let ctx = inbox.next().await;
+    assert_eq!(ctx.mail_params().envid.as_deref(), Some("ok id"));
+    let orcpt = ctx.recipients()[0].params().orcpt.clone().unwrap();
+    assert_eq!(orcpt.address, "c+x@example.com");
+    assert_eq!(ctx.recipients().len(), 1);
+}
+
 #[tokio::test]
 async fn dsn_disabled_is_555() {
     let (service, _inbox) = recorder();

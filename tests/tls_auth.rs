@@ -510,6 +510,67 @@ async fn allow_insecure_auth_permits_plaintext() {
     assert!(ctx.tls().is_none());
 }
 
+/// `base64("authzid\0user\0password")`.
+fn plain_with_authzid(authzid: &str, user: &str, password: &str) -> String {
+    b64(format!("{authzid}\0{user}\0{password}").as_bytes())
+}
+
+/// RFC 4616 2: an authzid the authenticator did not grant fails the
+/// exchange; the test authenticator knows nothing of authzids and returns
+/// the username, so only an authzid equal to the username passes.
+#[tokio::test]
+async fn auth_plain_with_a_foreign_authzid_fails_by_default() {
+    let pki = Pki::new();
+    let (service, _inbox) = recorder();
+    let server = TestServer::start(auth_builder(&pki), service).await;
+    let mut client = tls_session(&server, &pki).await;
+    let foreign = format!("AUTH PLAIN {}", plain_with_authzid("boss", USER, PASSWORD));
+    client.cmd(&foreign).await.expect(535, "5.7.8");
+    let same = format!("AUTH PLAIN {}", plain_with_authzid(USER, USER, PASSWORD));
+    client.cmd(&same).await.expect(235, "2.7.0");
+}
+
+/// An authenticator that supports proxy authorization returns the authzid,
+/// which becomes the identity the hooks and the Context see.
+#[tokio::test]
+async fn auth_plain_authzid_granted_by_the_authenticator_becomes_the_identity() {
+    let pki = Pki::new();
+    let (service, mut inbox) = recorder();
+    let proxying = smtpsrv::tower::service_fn(|req: smtpsrv::Authenticate| async move {
+        let ok = req.username() == USER && req.password() == PASSWORD;
+        let identity = match req.authzid() {
+            Some("shared@example.org") if ok => Some(Identity::new("shared@example.org")),
+            Some(_) => None,
+            None => ok.then(|| Identity::new(USER)),
+        };
+        Ok::<_, BoxError>(identity)
+    });
+    let builder = tls_builder(&pki)
+        .authenticator(proxying)
+        .auth_failure_delay(Duration::ZERO);
+    let server = TestServer::start(builder, service).await;
+    let mut client = tls_session(&server, &pki).await;
+    let other = format!("AUTH PLAIN {}", plain_with_authzid("root", USER, PASSWORD));
+    client.cmd(&other).await.expect(535, "5.7.8");
+    let granted = format!(
+        "AUTH PLAIN {}",
+        plain_with_authzid("shared@example.org", USER, PASSWORD)
+    );
+    client.cmd(&granted).await.expect(235, "2.7.0");
+    client
+        .cmd("MAIL FROM:<shared@example.org>")
+        .await
+        .expect(250, "2.1.0");
+    client
+        .cmd("RCPT TO:<bob@example.net>")
+        .await
+        .expect(250, "2.1.5");
+    client.cmd("DATA").await.expect(354, "");
+    client.cmd("\r\nhi\r\n.").await.expect(250, "2.0.0");
+    let ctx = inbox.next().await;
+    assert_eq!(ctx.identity(), Some(&Identity::new("shared@example.org")));
+}
+
 #[tokio::test]
 async fn auth_protocol_errors() {
     let pki = Pki::new();

@@ -64,7 +64,9 @@ impl MailParams {
                 Known::SmtpUtf8 => set_flag(&mut out.smtputf8, value, "SMTPUTF8")?,
                 Known::RequireTls => set_flag(&mut out.requiretls, value, "REQUIRETLS")?,
                 Known::Auth => {
-                    let mailbox = value.and_then(decode_xtext).filter(|v| !v.is_empty());
+                    let mailbox = value
+                        .and_then(|v| decode(v, Charset::Utf8))
+                        .filter(|v| !v.is_empty());
                     let mailbox =
                         mailbox.ok_or_else(|| bad("AUTH", "an xtext-encoded mailbox or <>"))?;
                     set_once(&mut out.auth, mailbox, "AUTH")?;
@@ -80,8 +82,14 @@ impl MailParams {
                 Known::EnvId => {
                     let id = value
                         .and_then(decode_xtext)
-                        .filter(|v| !v.is_empty() && v.len() <= MAX_ENVID_LEN);
-                    let id = id.ok_or_else(|| bad("ENVID", "xtext of at most 100 characters"))?;
+                        // RFC 3461 4.4: printable US-ASCII once decoded.
+                        .filter(|v| !v.is_empty() && v.is_ascii() && v.len() <= MAX_ENVID_LEN);
+                    let id = id.ok_or_else(|| {
+                        bad(
+                            "ENVID",
+                            "xtext of at most 100 printable US-ASCII characters",
+                        )
+                    })?;
                     set_once(&mut out.envid, id, "ENVID")?;
                 }
                 Known::Notify | Known::Orcpt => return Err(unknown(name.as_str())),
@@ -209,7 +217,14 @@ impl Orcpt {
         if !type_ok {
             return None;
         }
-        let address = decode_xtext(xtext).filter(|a| !a.is_empty() && a.len() <= MAX_ORCPT_LEN)?;
+        // RFC 6533: only the utf-8 address type may carry raw UTF-8.
+        let charset = if addr_type.eq_ignore_ascii_case("utf-8") {
+            Charset::Utf8
+        } else {
+            Charset::Ascii
+        };
+        let address =
+            decode(xtext, charset).filter(|a| !a.is_empty() && a.len() <= MAX_ORCPT_LEN)?;
         Some(Orcpt {
             addr_type: addr_type.to_owned(),
             address,
@@ -217,19 +232,38 @@ impl Orcpt {
     }
 }
 
-/// Decodes xtext (RFC 3461 4): `+XX` is the octet with hex value XX, every
-/// other printable ASCII character but `+` and `=` stands for itself.
+/// Decodes xtext (RFC 3461 4): `+XX` (two upper-case hex digits) is the
+/// octet with hex value XX; every other character from `!` to `~` but `+`
+/// and `=` stands for itself.
 ///
-/// Lenient where it costs nothing: lower-case hex digits and raw UTF-8
-/// (RFC 6533's utf-8-xtext) are accepted. Returns `None` for malformed input
-/// or when the decoded octets are not UTF-8.
+/// Strict, since a decoded value may end up in a header or a DSN one day:
+/// lower-case hex, a lone `+`, `=`, spaces and raw non-ASCII octets are
+/// refused (as Postfix does), and so is a value that decodes to a control
+/// character (`+0D+0A` would otherwise smuggle a line break into an ENVID).
+/// Returns `None` for any of these, or when the octets are not UTF-8.
 ///
 /// ```
 /// use smtpsrv::proto::decode_xtext;
 /// assert_eq!(decode_xtext("a+2Bb+3Dc").as_deref(), Some("a+b=c"));
 /// assert_eq!(decode_xtext("bad+2"), None);
+/// assert_eq!(decode_xtext("ab+0D+0Acd"), None); // CR LF once decoded
+/// assert_eq!(decode_xtext("lower+2b"), None);   // hexchar is upper-case
 /// ```
 pub fn decode_xtext(s: &str) -> Option<String> {
+    decode(s, Charset::Ascii)
+}
+
+/// Which raw octets an xtext value may carry besides `!`..`~`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Charset {
+    /// RFC 3461 xtext: US-ASCII only.
+    Ascii,
+    /// RFC 6533's utf-8 forms (`ORCPT=utf-8;..`) and RFC 6531 mailboxes
+    /// (`AUTH=`): raw UTF-8 is allowed too.
+    Utf8,
+}
+
+fn decode(s: &str, charset: Charset) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
@@ -240,18 +274,20 @@ pub fn decode_xtext(s: &str) -> Option<String> {
                 out.push(hi << 4 | lo);
             }
             b'=' => return None,
-            b'!'..=b'~' | 0x80.. => out.push(b),
+            b'!'..=b'~' => out.push(b),
+            0x80.. if charset == Charset::Utf8 => out.push(b),
             _ => return None,
         }
     }
-    String::from_utf8(out).ok()
+    let text = String::from_utf8(out).ok()?;
+    (!text.chars().any(char::is_control)).then_some(text)
 }
 
+/// `hexchar = "+" (DIGIT / "A" / "B" / "C" / "D" / "E" / "F")` (RFC 3461 4).
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'A'..=b'F' => Some(b - b'A' + 10),
-        b'a'..=b'f' => Some(b - b'a' + 10),
         _ => None,
     }
 }
@@ -398,25 +434,109 @@ mod tests {
     #[test]
     fn xtext_decoding() {
         let cases: &[(&str, Option<&str>)] = &[
+            // valid
             ("", Some("")),
             ("plain", Some("plain")),
             ("a+2Bb", Some("a+b")),
             ("+3D+20+2B", Some("= +")),
-            ("lower+2b", Some("lower+")),
             ("<>", Some("<>")),
-            ("+C3+BC", Some("ü")),
-            ("ü", Some("ü")),
+            ("!~", Some("!~")),
+            ("+7E+21", Some("~!")),
+            // a '+' not followed by exactly two upper-case hex digits
             ("+", None),
             ("+2", None),
+            ("a+2", None),
             ("+G0", None),
+            ("lower+2b", None),
+            ("+2b", None),
+            ("+a0", None),
+            // '=' and octets outside '!'..'~'
             ("a=b", None),
             ("a b", None),
             ("tab\t", None),
+            ("cr\r", None),
+            ("del\x7f", None),
+            ("ü", None),
+            // decoded control characters
+            ("+00", None),
+            ("ab+0D+0Acd", None),
+            ("+09", None),
+            ("+7F", None),
+            ("+1B[31m", None),
+            // decoded octets that are not UTF-8
             ("+FF", None),
-            ("+00", Some("\0")),
+            ("+C3", None),
+            // decoded non-ASCII that is UTF-8 (allowed by xtext; ENVID refuses it below)
+            ("+C3+BC", Some("ü")),
         ];
         for &(input, want) in cases {
             assert_eq!(decode_xtext(input).as_deref(), want, "{input:?}");
+        }
+        // The UTF-8 forms (ORCPT=utf-8;.., AUTH=) take raw UTF-8 but no
+        // control character, raw or encoded.
+        assert_eq!(decode("ü+2B", Charset::Utf8).as_deref(), Some("ü+"));
+        assert_eq!(decode("ü\u{85}", Charset::Utf8), None); // C1 control NEL
+        assert_eq!(decode("+C2+85", Charset::Utf8), None);
+        assert_eq!(decode("a+0Ab", Charset::Utf8), None);
+    }
+
+    #[test]
+    fn xtext_parameters_refuse_injection() {
+        for envid in [
+            "ENVID=ab+0D+0Acd",
+            "ENVID=ab+0Acd",
+            "ENVID=+00",
+            "ENVID=+C3+BC",
+            "ENVID=ü",
+            "ENVID=lower+2b",
+        ] {
+            let err = MailParams::parse(envid, SYNTAX).unwrap_err();
+            assert!(bad_param("ENVID")(&err), "{envid}: {err:?}");
+        }
+        assert_eq!(
+            MailParams::parse("ENVID=a+20b", SYNTAX)
+                .unwrap()
+                .envid
+                .as_deref(),
+            Some("a b"),
+        );
+        for auth in [
+            "AUTH=a+0D+0A@example.com",
+            "AUTH=a+2b@example.com",
+            "AUTH=+7F",
+        ] {
+            let err = MailParams::parse(auth, SYNTAX).unwrap_err();
+            assert!(bad_param("AUTH")(&err), "{auth}: {err:?}");
+        }
+        assert_eq!(
+            MailParams::parse("AUTH=ü@example.com", SYNTAX)
+                .unwrap()
+                .auth
+                .as_deref(),
+            Some("ü@example.com"),
+        );
+        for orcpt in [
+            "ORCPT=rfc822;a+0D+0A@example.com",
+            "ORCPT=rfc822;ü@example.com",
+            "ORCPT=rfc822;a+2b@example.com",
+            "ORCPT=utf-8;a+0A@example.com",
+            "ORCPT=utf-8;\u{85}@example.com",
+        ] {
+            let err = RcptParams::parse(orcpt, SYNTAX).unwrap_err();
+            assert!(bad_param("ORCPT")(&err), "{orcpt}: {err:?}");
+        }
+        // Whatever parses, no decoded value holds a control character.
+        for line in [
+            "ENVID=QQ+2B1 AUTH=a+2Bb@example.com",
+            "ENVID=+21+7E AUTH=<>",
+        ] {
+            let p = MailParams::parse(line, SYNTAX).unwrap();
+            for v in [p.envid.as_deref(), p.auth.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                assert!(!v.chars().any(char::is_control), "{line}: {v:?}");
+            }
         }
     }
 
