@@ -6,6 +6,7 @@ pub mod address;
 pub mod bdat;
 pub mod command;
 pub mod data;
+mod error;
 pub mod line;
 pub mod params;
 pub mod reply;

@@ -5,7 +5,7 @@
 //! Parsing is grammar only: whether an extension is enabled (and so whether
 //! its parameter is acceptable) is the session's decision.
 
-use super::command::CommandError;
+use super::error::CommandError;
 
 /// Longest decoded ENVID (RFC 3461 4.4).
 pub const MAX_ENVID_LEN: usize = 100;
