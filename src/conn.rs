@@ -488,7 +488,11 @@ where
             self.transport.write_all(&self.write_buf).await?;
             self.transport.flush().await
         };
-        let result = tokio::time::timeout(self.config.command_timeout, write).await;
+        let limit = self
+            .config
+            .write_timeout
+            .unwrap_or(self.config.command_timeout);
+        let result = tokio::time::timeout(limit, write).await;
         self.write_buf.clear();
         if self.write_buf.capacity() > IDLE_BUFFER {
             self.write_buf = BytesMut::new();

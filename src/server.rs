@@ -96,6 +96,13 @@ impl Builder {
         self
     }
 
+    /// Longest time writing replies to a slow client may take (default:
+    /// the command timeout); past it the connection is closed.
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.config.write_timeout = Some(t);
+        self
+    }
+
     /// Time allowed for a TLS handshake (default 10 s).
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.config.handshake_timeout = t;

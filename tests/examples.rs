@@ -1104,7 +1104,16 @@ async fn smtp2http_answers_451_when_the_webhook_fails_and_any_2xx_is_success() {
     let url = format!("http://{hook}/");
     let bridge = Example::start(
         "smtp2http",
-        &["--listen", "127.0.0.1:0", "--url", &url, "--timeout", "1"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--url",
+            &url,
+            "--timeout",
+            "1",
+            "--retry-for",
+            "0",
+        ],
         None,
         1,
     );
@@ -1130,6 +1139,180 @@ async fn smtp2http_answers_451_when_the_webhook_fails_and_any_2xx_is_success() {
         json["envelope"]["to"],
         serde_json::json!(["bob@example.com"])
     );
+}
+
+/// Go-style spellings of alash3al/smtp2http's flags, each with its meaning.
+#[tokio::test]
+async fn smtp2http_accepts_the_go_flags_with_their_meaning() {
+    let (hook, mut posted) = webhook(&[]).await;
+    let url = format!("http://{hook}/in");
+    let webhook_flag = format!("-webhook={url}");
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "-listen=127.0.0.1:0",
+            &webhook_flag,
+            "-name",
+            "gw.example",
+            "--msglimit",
+            "2000",
+            "-timeout.read=2",
+            "--timeout.write",
+            "2",
+            "-domain=example.com",
+        ],
+        None,
+        1,
+    );
+    let addr = bridge.addrs[0];
+    let mut smtp = Conversation::open(addr);
+    smtp.send("EHLO client.example\r\n");
+    let ehlo = smtp.full_reply();
+    assert!(ehlo.starts_with("250-gw.example"), "{ehlo}");
+    assert!(ehlo.contains("SIZE 2000"), "{ehlo}");
+    assert!(
+        smtp.command("MAIL FROM:<ann@example.org>")
+            .starts_with("250")
+    );
+    let other = smtp.command("RCPT TO:<bob@example.net>");
+    assert!(other.starts_with("550 5.7.1"), "other domain: {other}");
+    let ours = smtp.command("RCPT TO:<bob@EXAMPLE.com>");
+    assert!(ours.starts_with("250"), "own domain: {ours}");
+    assert!(smtp.command("DATA").starts_with("354"));
+    smtp.send(&format!(
+        "Subject: big\r\n\r\n{}\r\n.\r\n",
+        "x".repeat(3000)
+    ));
+    let big = smtp.reply();
+    assert!(big.starts_with("552"), "over --msglimit: {big}");
+    // -timeout.read=2: a silent client is dropped after about 2 s.
+    let started = Instant::now();
+    let timeout = smtp.reply();
+    assert!(timeout.starts_with("421 4.4.2"), "{timeout}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let reply = send(&transport, &env, ONE).await.unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+    let request = tokio::time::timeout(WAIT, posted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(request.head.starts_with("POST /in "), "{}", request.head);
+}
+
+#[tokio::test]
+async fn smtp2http_retries_a_failing_webhook_with_backoff_then_delivers() {
+    let (hook, mut posted) = webhook(&[Answer::Status(500), Answer::Status(503)]).await;
+    let url = format!("http://{hook}/");
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--retry-for",
+            "10",
+        ],
+        None,
+        1,
+    );
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let started = Instant::now();
+    let reply = send(&transport, &env, ONE).await.unwrap();
+    assert_eq!(
+        reply.code().to_string(),
+        "250",
+        "third attempt answered 200"
+    );
+    // Pauses of 0.5 s then 1 s between the three attempts.
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    for attempt in 0..3 {
+        let request = tokio::time::timeout(WAIT, posted.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(json["id"], "one@example.org", "attempt {attempt}");
+    }
+    assert!(posted.try_recv().is_err(), "no fourth POST");
+}
+
+#[tokio::test]
+async fn smtp2http_answers_451_after_retrying_an_unreachable_webhook_for_the_bounded_time() {
+    // A port nobody listens on: every attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--retry-for",
+            "2",
+        ],
+        None,
+        1,
+    );
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let started = Instant::now();
+    let failed = send(&transport, &env, ONE).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(code(&failed), "451", "{failed}");
+    assert!(failed.to_string().contains("unreachable"), "{failed}");
+    // Attempts at 0, 0.5 and 1.5 s; the next (3.5 s) is past the 2 s bound.
+    assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    let retries = bridge.stderr().matches("retrying").count();
+    assert_eq!(retries, 2, "{}", bridge.stderr());
+}
+
+#[tokio::test]
+async fn smtp2http_does_not_retry_a_4xx_refusal() {
+    let (hook, mut posted) = webhook(&[Answer::Status(403), Answer::Status(429)]).await;
+    let url = format!("http://{hook}/");
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--retry-for",
+            "10",
+        ],
+        None,
+        1,
+    );
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+
+    let refused = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&refused), "554", "HTTP 403: {refused}");
+    assert!(refused.is_permanent());
+    assert!(refused.to_string().contains("5.7.1"), "{refused}");
+
+    let busy = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&busy), "451", "HTTP 429: {busy}");
+    assert!(busy.is_transient());
+
+    let reply = send(&transport, &env, ONE).await.unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+    // Exactly one POST per message: the refusals were not retried.
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, posted.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(posted.try_recv().is_err(), "a 4xx was retried");
 }
 
 // ---------------------------------------------------------------- header_layer
