@@ -162,7 +162,9 @@ async fn store(
 ) -> Result<Reply, BoxError> {
     if let Some(maildir) = maildir {
         let header = trace_header(&ctx, &hostname);
-        maildir.deliver(header, ctx.message().clone()).await?;
+        maildir
+            .deliver_with(maildir.line_ends_for(&ctx), header, ctx.message().clone())
+            .await?;
     }
     let text = format!("OK queued as {}", ctx.id());
     Ok(Reply::new(250, (2, 0, 0), text))

@@ -265,23 +265,43 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Splits a stored message into its `Return-Path` line, its `Received`
-/// field (folded lines joined) and the rest.
-fn split_trace(stored: &[u8]) -> (String, String, &[u8]) {
-    let text = std::str::from_utf8(stored).unwrap();
-    let first_end = text.find("\r\n").unwrap() + 2;
+/// field (folded lines joined) and the rest, read with the wire's CRLF
+/// line ends whether the file has LF (mailsink's default) or CRLF.
+fn split_trace(stored: &[u8]) -> (String, String, Vec<u8>) {
+    let wire = crlf(stored);
+    let line_end = |from: usize| {
+        from + wire[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a line end")
+            + 2
+    };
+    let first_end = line_end(0);
     let mut end = first_end;
     loop {
-        let line_end = end + text[end..].find("\r\n").unwrap() + 2;
-        end = line_end;
-        if !text[end..].starts_with('\t') {
+        end = line_end(end);
+        if wire.get(end) != Some(&b'\t') {
             break;
         }
     }
+    let text = |range: std::ops::Range<usize>| String::from_utf8(wire[range].to_vec()).unwrap();
     (
-        text[..first_end].to_owned(),
-        text[first_end..end].to_owned(),
-        &stored[end..],
+        text(0..first_end),
+        text(first_end..end),
+        wire[end..].to_vec(),
     )
+}
+
+/// `bytes` with every LF not preceded by CR made CR LF.
+fn crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
 }
 
 fn write_certificate(dir: &Path) -> (PathBuf, PathBuf) {
@@ -324,6 +344,7 @@ async fn mailsink_stores_messages_byte_exact_behind_trace_headers() {
             md,
             "--hostname",
             "mx.test",
+            "--keep-wire-bytes",
         ],
         None,
         1,
@@ -767,7 +788,7 @@ fn received_spf_fields(maildir: &Path, message: &[u8]) -> Vec<String> {
     let mut fields: Vec<String> = files(&maildir.join("new"))
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path).unwrap();
+            let bytes = crlf(&std::fs::read(path).unwrap());
             let text = std::str::from_utf8(&bytes).unwrap();
             let (return_path, rest) = text.split_once("\r\n").unwrap();
             assert!(return_path.starts_with("Return-Path: <"), "{text}");
@@ -851,6 +872,387 @@ async fn mailsink_rate_limit_refuses_the_third_message_in_a_minute() {
     assert_eq!(code(&limited), "450", "{limited}");
     assert!(limited.is_transient());
     assert!(limited.to_string().contains("4.7.0"), "{limited}");
+}
+
+// ---------------------------------------------------------------- Maildir readers
+
+#[path = "../examples/common/maildir.rs"]
+mod maildir;
+
+/// The LF form of a CRLF message, as a Maildir reader expects it.
+fn lf(bytes: &[u8]) -> Vec<u8> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+/// The `,S=` (and `,W=`) sizes in a Maildir++ file name.
+fn maildir_sizes(path: &Path) -> (u64, Option<u64>) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let field = |key: &str| {
+        name.split(',')
+            .find_map(|f| f.strip_prefix(key))
+            .map(|v| v.split(':').next().unwrap().parse::<u64>().unwrap())
+    };
+    (field("S=").expect("a ,S= size"), field("W="))
+}
+
+#[tokio::test]
+async fn maildir_converts_crlf_to_lf_across_every_chunk_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = maildir::Maildir::create(&dir.path().join("md"), "host,with:odd/chars").unwrap();
+    // CR LF, a bare CR, a bare CR before CR LF, CR LF at both ends.
+    let wire: &[u8] = b"\r\nSubject: a\rb\r\r\n\r\nbody\r\nend\r\n";
+    let expected: &[u8] = b"\nSubject: a\rb\r\n\nbody\nend\n";
+    let mut names = Vec::new();
+    for cut in 0..=wire.len() {
+        let mut file = md.begin().unwrap();
+        file.write(&wire[..cut]).unwrap();
+        file.write(&wire[cut..]).unwrap();
+        names.push(file.commit().unwrap());
+    }
+    // One byte at a time: every CR ends a chunk.
+    let mut file = md.begin().unwrap();
+    for byte in wire {
+        file.write(std::slice::from_ref(byte)).unwrap();
+    }
+    names.push(file.commit().unwrap());
+    // A message ending in a bare CR keeps it.
+    let mut file = md.begin().unwrap();
+    file.write(b"x\r").unwrap();
+    let bare = file.commit().unwrap();
+
+    let new = dir.path().join("md").join("new");
+    for name in &names {
+        assert!(
+            !name.contains(':') && name.contains("\\054with\\072odd\\057"),
+            "{name}"
+        );
+        let path = new.join(name);
+        assert_eq!(std::fs::read(&path).unwrap(), expected, "{name}");
+        let (size, virtual_size) = maildir_sizes(&path);
+        assert_eq!(size, expected.len() as u64, "{name}");
+        assert_eq!(
+            virtual_size,
+            Some(wire.len() as u64 - 1),
+            "{name}: LFs counted as CRLF"
+        );
+    }
+    assert_eq!(std::fs::read(new.join(&bare)).unwrap(), b"x\r");
+    // Dropped without commit: nothing in tmp/, nothing in new/.
+    let mut file = md.begin().unwrap();
+    file.write(b"half").unwrap();
+    assert_eq!(files(&dir.path().join("md").join("tmp")).len(), 1);
+    drop(file);
+    assert!(files(&dir.path().join("md").join("tmp")).is_empty());
+    assert_eq!(files(&new).len(), names.len() + 1);
+}
+
+/// A Dovecot IMAP server on 127.0.0.1 over one Maildir, with a throw-away
+/// configuration and user (`test`, password `secret`); killed on drop.
+struct Dovecot {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Dovecot {
+    fn start(maildir: &Path, dir: &Path) -> Dovecot {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        // Dovecot never reads mail as root: as root, hand the Maildir to
+        // `nobody`; otherwise everything runs as the current user.
+        let (mail_uid, mail_gid, users) = if uid == "0" {
+            for path in [dir, maildir] {
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .unwrap();
+            }
+            chown_tree(maildir, 65534, 65534);
+            ("65534".to_owned(), "65534".to_owned(), String::new())
+        } else {
+            let name = id("-un");
+            let users = format!("default_login_user = {name}\ndefault_internal_user = {name}\n");
+            (uid, gid, users)
+        };
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        if mail_uid == "65534" {
+            chown_tree(&home, 65534, 65534);
+        }
+        let root = dir.display();
+        let config = format!(
+            "base_dir = {root}/run\n\
+             state_dir = {root}/state\n\
+             log_path = {root}/dovecot.log\n\
+             instance_name = smtpsrv-test-{port}\n\
+             protocols = imap\n\
+             listen = 127.0.0.1\n\
+             ssl = no\n\
+             disable_plaintext_auth = no\n\
+             auth_mechanisms = plain\n\
+             first_valid_uid = {mail_uid}\n\
+             mail_location = maildir:{maildir}\n\
+             {users}\
+             passdb {{\n  driver = static\n  args = password=secret\n}}\n\
+             userdb {{\n  driver = static\n  args = uid={mail_uid} gid={mail_gid} home={home}\n}}\n\
+             service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service anvil {{\n  chroot =\n}}\n",
+            maildir = maildir.display(),
+            home = home.display(),
+        );
+        let conf = dir.join("dovecot.conf");
+        std::fs::write(&conf, config).unwrap();
+        let child = Command::new("dovecot")
+            .args(["-F", "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start dovecot ({e}): install the Debian package dovecot-imapd")
+            });
+        let dovecot = Dovecot {
+            child,
+            port,
+            log: dir.join("dovecot.log"),
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "dovecot did not listen: {}",
+                dovecot.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dovecot
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every message of INBOX over IMAP, in order: its RFC822.SIZE and bytes.
+    fn fetch_all(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut imap = Imap::open(self.port);
+        imap.command("LOGIN test secret");
+        let select = imap.command("SELECT INBOX");
+        let exists: usize = select
+            .iter()
+            .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
+            .unwrap_or_else(|| panic!("no EXISTS in {select:?}; log:\n{}", self.log()));
+        (1..=exists).map(|n| imap.fetch(n)).collect()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// A minimal IMAP4rev1 client: tagged commands, literals in FETCH.
+struct Imap {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    tag: u32,
+}
+
+impl Imap {
+    fn open(port: u16) -> Imap {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut imap = Imap {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            tag: 0,
+        };
+        let greeting = imap.line();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        imap
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        assert!(
+            self.reader.read_line(&mut line).unwrap() > 0,
+            "IMAP server closed"
+        );
+        line.trim_end_matches("\r\n").to_owned()
+    }
+
+    fn send(&mut self, command: &str) -> String {
+        self.tag += 1;
+        let tag = format!("a{}", self.tag);
+        write!(self.writer, "{tag} {command}\r\n").unwrap();
+        tag
+    }
+
+    /// The untagged lines of the answer; panics unless it ends in OK.
+    fn command(&mut self, command: &str) -> Vec<String> {
+        let tag = self.send(command);
+        let mut lines = Vec::new();
+        for _ in 0..1000 {
+            let line = self.line();
+            if let Some(status) = line.strip_prefix(&format!("{tag} ")) {
+                assert!(
+                    status.starts_with("OK"),
+                    "{command}: {line} after {lines:?}"
+                );
+                return lines;
+            }
+            lines.push(line);
+        }
+        panic!("{command}: no tagged answer");
+    }
+
+    fn fetch(&mut self, n: usize) -> (u64, Vec<u8>) {
+        let tag = self.send(&format!("FETCH {n} (RFC822.SIZE BODY.PEEK[])"));
+        let head = self.line();
+        let size = head
+            .split("RFC822.SIZE ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no RFC822.SIZE in {head}"));
+        let literal: usize = head
+            .rsplit_once('{')
+            .and_then(|(_, rest)| rest.strip_suffix('}')?.parse().ok())
+            .unwrap_or_else(|| panic!("no literal in {head}"));
+        let mut body = vec![0; literal];
+        self.reader.read_exact(&mut body).unwrap();
+        for _ in 0..10 {
+            let line = self.line();
+            if let Some(status) = line.strip_prefix(&format!("{tag} ")) {
+                assert!(status.starts_with("OK"), "FETCH {n}: {line}");
+                return (size, body);
+            }
+        }
+        panic!("FETCH {n}: no tagged answer");
+    }
+}
+
+/// BDAT with BODY=BINARYMIME: CR LF, bare CR and bare LF are data here.
+const BINARY: &[u8] = b"Subject: binary\r\nContent-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: binary\r\n\r\n\x00\x01\r\n\x02\r\x03\n\x04\xff\r\n";
+
+#[tokio::test]
+async fn mailsink_maildir_is_stored_with_lf_and_read_back_by_dovecot_over_imap() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("md");
+    let sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            maildir.to_str().unwrap(),
+            "--hostname",
+            "mx.test",
+        ],
+        None,
+        1,
+    );
+    let transport = client(sink.port()).build();
+    let to_bob = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let sent = [ONE, MULTIPART, TWO];
+    for message in sent {
+        let reply = send(&transport, &to_bob, message).await.unwrap();
+        assert_eq!(reply.code().to_string(), "250");
+    }
+    let mut smtp = Conversation::open(sink.addrs[0]);
+    assert!(smtp.command("EHLO client.example").starts_with("250"));
+    assert!(
+        smtp.command("MAIL FROM:<ann@example.org> BODY=BINARYMIME")
+            .starts_with("250")
+    );
+    assert!(smtp.command("RCPT TO:<bob@example.com>").starts_with("250"));
+    smtp.send(&format!("BDAT {} LAST\r\n", BINARY.len()));
+    smtp.writer.write_all(BINARY).unwrap();
+    let reply = smtp.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    drop(sink);
+
+    // On disk: LF line ends and Maildir++ sizes; the binary message as sent.
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    let mut texts = 0;
+    for path in &stored {
+        let bytes = std::fs::read(path).unwrap();
+        let (size, virtual_size) = maildir_sizes(path);
+        assert_eq!(size, bytes.len() as u64, "{}", path.display());
+        let (_, _, rest) = split_trace(&bytes);
+        if rest.starts_with(b"Subject: binary") {
+            assert_eq!(virtual_size, None, "a wire-bytes file has no ,W=");
+            assert_eq!(
+                &bytes[bytes.len() - BINARY.len()..],
+                BINARY,
+                "BINARYMIME is byte-exact"
+            );
+            continue;
+        }
+        texts += 1;
+        assert!(
+            !bytes.windows(2).any(|w| w == b"\r\n"),
+            "CRLF left in {}",
+            path.display()
+        );
+        assert_eq!(virtual_size, Some(crlf(&bytes).len() as u64));
+        assert!(
+            sent.iter().any(|m| bytes.ends_with(&lf(m))),
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(texts, 3);
+
+    // Dovecot reads each message back with its size; IMAP speaks CRLF.
+    let dovecot = Dovecot::start(&maildir, dir.path());
+    let fetched = dovecot.fetch_all();
+    assert_eq!(fetched.len(), 4, "log:\n{}", dovecot.log());
+    for message in sent {
+        let (size, body) = fetched
+            .iter()
+            .find(|(_, body)| body.ends_with(message))
+            .unwrap_or_else(|| {
+                panic!(
+                    "not fetched: {}; log:\n{}",
+                    String::from_utf8_lossy(message),
+                    dovecot.log()
+                )
+            });
+        assert_eq!(*size, body.len() as u64);
+        let (return_path, received, rest) = split_trace(body);
+        assert_eq!(return_path, "Return-Path: <ann@example.org>\r\n");
+        assert!(received.contains("by mx.test (smtpsrv)"), "{received}");
+        assert_eq!(rest, message);
+    }
+    assert!(
+        fetched
+            .iter()
+            .any(|(_, body)| body.windows(6).any(|w| w == b"\x01\r\n\x02\r\x03")),
+        // (Dovecot shows a NUL as 0x80 outside FETCH BINARY.)
+        "binary message fetched"
+    );
+    let log = dovecot.log();
+    assert!(!log.contains("Error"), "dovecot log:\n{log}");
 }
 
 // ---------------------------------------------------------------- smtp2http

@@ -12,7 +12,8 @@
 //!     --user ann:secret --require-auth
 //! ```
 //!
-//! Every message answered 250 is in `<maildir>/new/`, preceded by
+//! Every message answered 250 is in `<maildir>/new/` (with LF line ends,
+//! named as Maildir++ readers expect; `--keep-wire-bytes` keeps CRLF), preceded by
 //! `Return-Path` and `Received` header fields (and `Received-SPF` with
 //! `--spf tag|reject`). One line per bound address, `listening on ADDR`,
 //! goes to stdout (so `--listen 127.0.0.1:0` can be used and the port read
@@ -23,6 +24,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod ops;
 
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
@@ -150,6 +152,9 @@ struct Args {
     /// networks separated by commas), e.g. 127.0.0.1,10.0.0.0/8.
     #[arg(long, value_name = "TRUSTED_NETWORKS", value_parser = parse_trusted)]
     proxy_protocol: Option<TrustedProxies>,
+
+    #[command(flatten)]
+    ops: ops::OpsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -215,7 +220,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let maildir = if args.discard {
         None
     } else {
-        let maildir = Maildir::create(&args.maildir, &hostname)
+        let maildir = Maildir::with_line_ends(&args.maildir, &hostname, args.ops.line_ends())
             .map_err(|e| format!("cannot use Maildir {}: {e}", args.maildir.display()))?;
         Some(maildir)
     };
@@ -345,7 +350,7 @@ async fn store(
     }
     let header = trace::trace_header(&ctx, &hostname);
     let file = maildir
-        .deliver(header, ctx.message().clone())
+        .deliver_with(maildir.line_ends_for(&ctx), header, ctx.message().clone())
         .await
         .inspect_err(|e| tracing::error!(id = %ctx.id(), error = %e, "cannot store message"))?;
     tracing::info!(
