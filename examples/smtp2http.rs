@@ -44,6 +44,9 @@
 //! `--metrics ADDR`, Prometheus metrics are served on `/metrics` (and a
 //! health check on `/healthz`).
 
+#[path = "common/metrics.rs"]
+mod metrics;
+
 use std::future::{Ready, ready};
 use std::time::Duration;
 
@@ -57,8 +60,8 @@ use serde::Serialize;
 use smtpsrv::email::{Attachment, Email, Mailbox};
 use smtpsrv::{BoxError, Context, RcptTo, Reply, Server};
 use tokio::time::Instant;
-use tower::ServiceExt as _;
 use tower::retry::{Policy, Retry};
+use tower::{ServiceBuilder, ServiceExt as _};
 use tracing_subscriber::EnvFilter;
 
 /// Receives mail and POSTs each message as JSON to a webhook.
@@ -484,8 +487,9 @@ async fn main() -> Result<(), BoxError> {
         retry_for: Duration::from_secs(args.retry_for),
     };
 
+    let metrics = metrics::MetricsOption::start(args.metrics.as_deref())?;
     let shutdown = shutdown_signal()?;
-    let mut builder = Server::builder().hostname(&args.name);
+    let mut builder = metrics.configure(Server::builder()).hostname(&args.name);
     if let Some(n) = args.msglimit {
         builder = builder.max_message_bytes(n);
     }
@@ -502,9 +506,10 @@ async fn main() -> Result<(), BoxError> {
     }
     if !args.domain.is_empty() {
         let domains = args.domain.clone();
-        builder = builder.on_rcpt(tower::service_fn(move |rcpt: RcptTo| {
-            own_domain(&domains, &rcpt)
-        }));
+        let on_rcpt = ServiceBuilder::new()
+            .layer(metrics.layer())
+            .service_fn(move |rcpt: RcptTo| own_domain(&domains, &rcpt));
+        builder = builder.on_rcpt(on_rcpt);
     }
     let mut server = builder.build();
     for addr in &args.listen {
@@ -514,7 +519,10 @@ async fn main() -> Result<(), BoxError> {
     for addr in server.local_addrs() {
         println!("listening on {addr}");
     }
-    let handler = tower::service_fn(move |ctx: Context| webhook.clone().deliver(ctx));
+    metrics.serve(&server).await?;
+    let handler = ServiceBuilder::new()
+        .layer(metrics.layer())
+        .service_fn(move |ctx: Context| webhook.clone().deliver(ctx));
     server
         .serve(handler)
         .with_graceful_shutdown(shutdown)

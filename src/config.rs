@@ -37,6 +37,7 @@ pub(crate) struct Config {
     pub proxy_timeout: Duration,
     pub shutdown_grace: Duration,
     pub hooks: HookFlags,
+    pub observer: Option<crate::observe::SharedObserver>,
 }
 
 /// Which early-decision hooks are installed (the session asks only those).
@@ -82,6 +83,7 @@ impl Default for Config {
             proxy_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(60),
             hooks: HookFlags::default(),
+            observer: None,
         }
     }
 }

@@ -1255,6 +1255,128 @@ async fn mailsink_maildir_is_stored_with_lf_and_read_back_by_dovecot_over_imap()
     assert!(!log.contains("Error"), "dovecot log:\n{log}");
 }
 
+// ---------------------------------------------------------------- metrics
+
+/// One GET over HTTP/1.1: the status line and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `series` (`name{labels}` exactly as rendered,
+/// or a bare name), 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn mailsink_metrics_count_the_traffic_that_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            dir.path().join("md").to_str().unwrap(),
+            "--user",
+            "ann:secret",
+            "--allow-insecure-auth",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        None,
+        1,
+    );
+    let line = sink.next_line();
+    let endpoint: SocketAddr = line
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("expected `metrics on ADDR`, got {line:?}"))
+        .parse()
+        .unwrap();
+    let (status, body) = http_get(endpoint, "/healthz");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    assert!(http_get(endpoint, "/nope").0.contains("404"));
+
+    // Two messages on two authenticated connections...
+    let transport = client(sink.port())
+        .credentials(Credentials::new("ann".into(), "secret".into()))
+        .build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    for message in [ONE, TWO] {
+        send(&transport, &env, message).await.unwrap();
+    }
+    // ...and one conversation with a failed AUTH, a bad command, a refused
+    // recipient and QUIT.
+    let mut smtp = Conversation::open(sink.addrs[0]);
+    assert!(smtp.command("EHLO client.example").starts_with("250"));
+    let bad_auth = smtp.command(&format!("AUTH PLAIN {}", BASE64.encode("\0ann\0wrong")));
+    assert!(bad_auth.starts_with("535"), "{bad_auth}");
+    assert!(smtp.command("FROB").starts_with("500"));
+    assert!(smtp.command("RCPT TO:<bob@example.com>").starts_with("503"));
+    assert!(smtp.command("QUIT").starts_with("221"));
+    drop(smtp);
+
+    let listener = format!("listener=\"{}\",tls=\"false\"", sink.addrs[0]);
+    // The sessions' ends are counted as they close: wait for the third.
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = http_get(endpoint, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if sample(&metrics, "smtp_sessions_ended_total{reason=\"quit\"}") >= 3.0 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "sessions not ended:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    };
+    expect(&format!("smtp_connections_total{{{listener}}}"), 3.0);
+    expect(&format!("smtp_connections_open{{{listener}}}"), 0.0);
+    expect("smtp_sessions_ended_total{reason=\"quit\"}", 3.0);
+    expect("smtp_auth_total{result=\"success\"}", 2.0);
+    expect("smtp_auth_total{result=\"failure\"}", 1.0);
+    expect("smtp_commands_total{verb=\"MAIL\"}", 2.0);
+    expect("smtp_commands_total{verb=\"DATA\"}", 2.0);
+    expect("smtp_commands_total{verb=\"QUIT\"}", 3.0);
+    expect("smtp_commands_total{verb=\"invalid\"}", 1.0);
+    // 535, 500 and 503.
+    expect("smtp_replies_total{class=\"5xx\"}", 3.0);
+    expect("smtp_replies_total{class=\"3xx\"}", 2.0);
+    expect(
+        "smtp_messages_total{result=\"accepted\",status=\"2.0.0\"}",
+        2.0,
+    );
+    expect("smtp_stage_duration_seconds_count{stage=\"data\"}", 2.0);
+    expect("smtp_memory_budget_in_use_bytes", 0.0);
+    assert!(
+        sample(&metrics, "smtp_memory_budget_limit_bytes") > 0.0,
+        "{metrics}"
+    );
+    let received = sample(&metrics, "smtp_received_bytes_total");
+    let bodies = (ONE.len() + TWO.len()) as f64;
+    assert!(
+        received > bodies && received < bodies + 2000.0,
+        "{received} bytes received for {bodies} bytes of messages"
+    );
+}
+
 // ---------------------------------------------------------------- smtp2http
 
 /// What the test webhook answers, request after request.

@@ -212,7 +212,8 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), BoxError> {
     // Registered before listening, so that a signal is never lost to the
     // default action (which would kill the process mid-transaction).
-    let shutdown = shutdown_signal()?;
+    let ops = args.ops.start()?;
+    let shutdown = ops.stopping(shutdown_signal()?);
 
     let hostname = args.hostname.clone().unwrap_or_else(system_hostname);
     // Before listening: a client must never be accepted into a server that
@@ -224,8 +225,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
             .map_err(|e| format!("cannot use Maildir {}: {e}", args.maildir.display()))?;
         Some(maildir)
     };
-    let mut server = configure(&args, &hostname)?.build();
-    let plain = if args.listen.is_empty() && args.tls_listen.is_empty() {
+    let mut server = ops.inherit_listeners(ops.configure(configure(&args, &hostname)?).build())?;
+    let plain = if args.listen.is_empty() && args.tls_listen.is_empty() && !args.ops.systemd {
         vec!["127.0.0.1:2525".to_owned()]
     } else {
         args.listen.clone()
@@ -240,13 +241,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
         println!("listening on {} (implicit TLS)", tcp.local_addr()?);
         server = server.implicit_tls_listener(tcp);
     }
+    ops.ready(&server).await?;
 
     match maildir {
         None => {
             tracing::info!(%hostname, "discarding every message");
             let parse = args.parse;
             server
-                .serve(tower::service_fn(move |ctx| discard(ctx, parse)))
+                .serve(
+                    ServiceBuilder::new()
+                        .layer(ops.layer())
+                        .service_fn(move |ctx| discard(ctx, parse)),
+                )
                 .with_graceful_shutdown(shutdown)
                 .await?;
         }
@@ -254,9 +260,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
             tracing::info!(%hostname, maildir = %args.maildir.display(), "storing messages");
             let hostname: Arc<str> = hostname.into();
             let parse = args.parse;
-            let handler = tower::service_fn(move |ctx: Context| {
-                store(ctx, Arc::clone(&maildir), Arc::clone(&hostname), parse)
-            });
+            let handler =
+                ServiceBuilder::new()
+                    .layer(ops.layer())
+                    .service_fn(move |ctx: Context| {
+                        store(ctx, Arc::clone(&maildir), Arc::clone(&hostname), parse)
+                    });
             server
                 .serve(handler)
                 .with_graceful_shutdown(shutdown)

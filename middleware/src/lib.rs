@@ -70,6 +70,8 @@ pub mod dns;
 mod future;
 pub mod mailable;
 pub mod message;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod rate_limit;
 mod request;
 pub mod require_auth;
