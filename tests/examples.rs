@@ -1377,6 +1377,105 @@ async fn mailsink_metrics_count_the_traffic_that_was_sent() {
     );
 }
 
+// ---------------------------------------------------------------- systemd
+
+/// mailsink started by `systemd-socket-activate` as systemd starts it: the
+/// listening socket passed as fd 3 (LISTEN_FDS, LISTEN_PID,
+/// LISTEN_FDNAMES), readiness and stopping reported to NOTIFY_SOCKET.
+#[tokio::test]
+async fn mailsink_systemd_serves_the_passed_socket_and_notifies_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let maildir = dir.path().join("md");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(addr.to_string())
+        .arg("--fdname=smtp")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("-E")
+        .arg("RUST_LOG=info")
+        .arg(example_binary("mailsink"))
+        .args(["--systemd", "--hostname", "mx.test", "--maildir"])
+        .arg(&maildir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start systemd-socket-activate ({e}): install systemd"));
+    let stdout = lines(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let mut sink = Example {
+        child,
+        addrs: Vec::new(),
+        stdout,
+        stderr,
+    };
+    // systemd-socket-activate starts the service at the first connection;
+    // that client is then served by mailsink from the socket's queue.
+    let deadline = Instant::now() + WAIT;
+    let mut smtp = loop {
+        if TcpStream::connect(addr).is_ok() {
+            break Conversation::open(addr);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not listening: {}",
+            sink.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = sink.next_line();
+    assert_eq!(line, format!("listening on {addr} (from systemd)"));
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 sent");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+
+    // A transaction in progress when SIGTERM comes still finishes.
+    assert!(smtp.command("EHLO client.example").starts_with("250"));
+    assert!(
+        smtp.command("MAIL FROM:<ann@example.org>")
+            .starts_with("250")
+    );
+    assert!(smtp.command("RCPT TO:<bob@example.com>").starts_with("250"));
+    assert!(smtp.command("DATA").starts_with("354"));
+    sink.signal("TERM");
+    let n = notify.recv(&mut buf).expect("STOPPING=1 sent");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    smtp.send("Subject: activated\r\n\r\nby systemd\r\n.\r\n");
+    let reply = smtp.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    // Then the session is closed: shutting down.
+    let closed = smtp.reply();
+    assert!(closed.is_empty() || closed.starts_with("421"), "{closed}");
+    let status = sink.wait();
+    assert!(status.success(), "{status:?}; stderr:\n{}", sink.stderr());
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 1);
+    let (_, _, rest) = split_trace(&std::fs::read(&stored[0]).unwrap());
+    assert_eq!(rest, b"Subject: activated\r\n\r\nby systemd\r\n");
+}
+
+#[test]
+fn mailsink_systemd_without_a_passed_socket_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command("mailsink", &["--systemd", "--discard"], Some(dir.path()))
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no socket passed (LISTEN_FDS)"), "{stderr}");
+}
+
 // ---------------------------------------------------------------- smtp2http
 
 /// What the test webhook answers, request after request.
