@@ -495,11 +495,13 @@ where
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "TLS handshake failed");
                 self.observe(Event::TlsHandshake { ok: false });
+                self.closing = CloseReason::ServerClosed;
                 Flow::Close
             }
             Err(_) => {
                 tracing::info!("TLS handshake timed out");
                 self.observe(Event::TlsHandshake { ok: false });
+                self.closing = CloseReason::ServerClosed;
                 Flow::Close
             }
         }

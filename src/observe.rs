@@ -25,7 +25,9 @@ pub trait Observer: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum Event<'a> {
-    /// A connection was accepted and its session starts.
+    /// A connection was accepted and its session starts (on an implicit-TLS
+    /// listener, after the handshake: one that fails is only reported as
+    /// [`Event::TlsHandshake`]).
     Connected {
         /// The address it came in on (after a PROXY header, the one the
         /// client connected to).

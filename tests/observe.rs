@@ -115,3 +115,25 @@ async fn observer_tells_why_sessions_ended() {
     assert_eq!(log.closed().await.last().unwrap(), "closed shutdown");
     server.join().await.unwrap();
 }
+
+#[tokio::test]
+async fn observer_counts_a_failed_starttls_handshake() {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let tls = smtpsrv::tls::TlsConfig::from_pem(
+        key.cert.pem().as_bytes(),
+        key.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let log = Log::default();
+    let server = TestServer::start(Server::builder().observer(log.clone()).tls(tls)).await;
+    let mut c = Client::connect_ehlo(server.addr).await;
+    c.cmd("STARTTLS", 220).await;
+    // Not a ClientHello.
+    c.send(b"EHLO again\r\n").await;
+    let events = log.closed().await;
+    assert_eq!(
+        events[events.len() - 2..],
+        ["tls ok=false".to_owned(), "closed server_closed".to_owned()]
+    );
+    server.shutdown().await;
+}
