@@ -129,6 +129,8 @@ mod systemd {
     /// The listening sockets passed by socket activation, with their
     /// names (`LISTEN_FDNAMES`, empty when unnamed). Empty when the
     /// variables are missing or meant for another process (`LISTEN_PID`).
+    /// The variables stay set (removing them is unsafe once threads run);
+    /// mailsink starts no child process that could misread them.
     pub fn listen_fds() -> io::Result<Vec<(String, TcpListener)>> {
         let for_us = std::env::var("LISTEN_PID")
             .ok()
@@ -164,12 +166,17 @@ mod systemd {
         };
         let socket = UnixDatagram::unbound()?;
         let path = path.to_string_lossy();
-        if let Some(name) = path.strip_prefix('@') {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            socket.send_to_addr(state.as_bytes(), &addr)?;
-        } else {
-            socket.send_to(state.as_bytes(), path.as_ref())?;
+        match path.strip_prefix('@') {
+            // Linux's abstract namespace (where systemd itself listens).
+            #[cfg(target_os = "linux")]
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(state.as_bytes(), &addr)?;
+            }
+            _ => {
+                socket.send_to(state.as_bytes(), path.as_ref())?;
+            }
         }
         Ok(())
     }
