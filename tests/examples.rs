@@ -1938,6 +1938,60 @@ async fn smtp2http_does_not_retry_a_4xx_refusal() {
     assert!(posted.try_recv().is_err(), "a 4xx was retried");
 }
 
+#[tokio::test]
+async fn smtp2http_metrics_count_messages_by_enhanced_code_and_hook_replies() {
+    let (hook, _posted) = webhook(&[Answer::Status(200), Answer::Status(403)]).await;
+    let url = format!("http://{hook}/");
+    let mut bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--domain",
+            "example.com",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        None,
+        1,
+    );
+    let line = bridge.next_line();
+    let endpoint: SocketAddr = line.strip_prefix("metrics on ").unwrap().parse().unwrap();
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    send(&transport, &env, ONE).await.unwrap();
+    let refused = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&refused), "554");
+    let elsewhere = envelope(Some("ann@example.org"), &["bob@example.net"]);
+    let relay = send(&transport, &elsewhere, ONE).await.unwrap_err();
+    assert_eq!(code(&relay), "550");
+
+    let (_, metrics) = http_get(endpoint, "/metrics");
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    };
+    expect(
+        "smtp_messages_total{result=\"accepted\",status=\"2.0.0\"}",
+        1.0,
+    );
+    expect(
+        "smtp_messages_total{result=\"refused\",status=\"5.7.1\"}",
+        1.0,
+    );
+    expect(
+        "smtp_hook_replies_total{stage=\"rcpt\",result=\"accepted\"}",
+        2.0,
+    );
+    expect(
+        "smtp_hook_replies_total{stage=\"rcpt\",result=\"refused\"}",
+        1.0,
+    );
+    expect("smtp_stage_duration_seconds_count{stage=\"rcpt\"}", 3.0);
+    expect("smtp_stage_duration_seconds_count{stage=\"data\"}", 2.0);
+}
+
 // ---------------------------------------------------------------- header_layer
 
 #[tokio::test]
