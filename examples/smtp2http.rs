@@ -1,8 +1,22 @@
 //! smtp2http: receive mail, POST it as JSON to a webhook.
 //!
 //! ```text
-//! cargo run --example smtp2http -- --listen 0.0.0.0:2525 --url http://127.0.0.1:8080/mail
+//! cargo run --example smtp2http -- --listen 0.0.0.0:2525 --webhook http://127.0.0.1:8080/mail
 //! ```
+//!
+//! A drop-in for alash3al/smtp2http: its flags are accepted with their
+//! meaning, with one or two dashes as Go's `flag` package allows
+//! (`-webhook=URL`, `--webhook URL`):
+//!
+//! | flag | meaning |
+//! |---|---|
+//! | `--listen ADDR` | SMTP address (repeatable; `:25` means every interface) |
+//! | `--webhook URL` (alias `--url`) | where to POST |
+//! | `--name NAME` (alias `--hostname`) | name in the banner and EHLO reply |
+//! | `--msglimit BYTES` (alias `--max-message-bytes`) | largest message, advertised as SIZE |
+//! | `--timeout.read SECS` | how long a client may stay silent (per command; in DATA at least the webhook's time, which the same timeout bounds) |
+//! | `--timeout.write SECS` | how long a reply may take to be written |
+//! | `--domain DOMAIN` | refuse recipients of other domains (`550 5.7.1`, repeatable) |
 //!
 //! The payload keeps the field names of go-smtpsrv's smtp2http (`id`, `date`,
 //! `subject`, `references`, `spf`, `body{text,html}`, `addresses{...}`,
@@ -15,44 +29,130 @@
 //! - the raw message is available as `raw` (base64) with `--raw`;
 //! - any 2xx answer counts as delivered (not just 200); redirects are not
 //!   followed (a 302 would turn the POST into a GET and lose the mail);
-//! - a webhook failure or timeout answers `451` so the sending server
-//!   retries later, instead of a permanent `554` that bounced the mail.
+//! - a webhook that fails (5xx, connection refused, timeout) is retried
+//!   with exponential backoff (0.5 s, 1 s, 2 s, ...) for at most
+//!   `--retry-for` seconds (new attempts start only within that time, each
+//!   bounded by `--timeout`); then the client gets `451` and retries later,
+//!   instead of the Go program's permanent `554` that bounced the mail;
+//! - a 4xx is the webhook *refusing* the message: it is not retried, and
+//!   the client gets `554 5.7.1`, a permanent refusal, because the same
+//!   payload would be refused again (retrying would only delay the bounce
+//!   the sender needs to see). The two 4xx that HTTP defines as temporary,
+//!   `408 Request Timeout` and `429 Too Many Requests`, answer `451 4.7.0`.
 //!
-//! The address printed first on stdout is `listening on ADDR`.
+//! The address printed first on stdout is `listening on ADDR`. With
+//! `--metrics ADDR`, Prometheus metrics are served on `/metrics` (and a
+//! health check on `/healthz`).
 
+#[path = "common/metrics.rs"]
+mod metrics;
+
+use std::future::{Ready, ready};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use clap::Parser;
+use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 use smtpsrv::email::{Attachment, Email, Mailbox};
-use smtpsrv::{BoxError, Context, Reply, Server};
+use smtpsrv::{BoxError, Context, RcptTo, Reply, Server};
+use tokio::time::Instant;
+use tower::retry::{Policy, Retry};
+use tower::{ServiceBuilder, ServiceExt as _};
 use tracing_subscriber::EnvFilter;
 
 /// Receives mail and POSTs each message as JSON to a webhook.
 #[derive(Parser)]
 #[command(name = "smtp2http", version)]
 struct Args {
-    /// SMTP address to listen on; repeatable.
+    /// SMTP address to listen on; repeatable (`:25` listens on every
+    /// interface, as in the Go program).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2525")]
     listen: Vec<String>,
     /// Webhook URL (http or https).
-    #[arg(long, value_name = "URL")]
-    url: reqwest::Url,
-    /// Seconds the webhook may take to answer.
+    #[arg(long, visible_alias = "url", value_name = "URL")]
+    webhook: reqwest::Url,
+    /// Seconds one webhook attempt may take to answer.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     timeout: u64,
+    /// Seconds during which a failing webhook (5xx, unreachable, timeout)
+    /// is retried with backoff before answering 451; 0: no retry.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    retry_for: u64,
     /// Name in the banner and EHLO reply.
-    #[arg(long, value_name = "NAME", default_value = "localhost")]
-    hostname: String,
-    /// Largest message accepted, advertised as SIZE (default 25 MiB).
-    #[arg(long, value_name = "N")]
-    max_message_bytes: Option<usize>,
+    #[arg(
+        long,
+        visible_alias = "hostname",
+        value_name = "NAME",
+        default_value = "localhost"
+    )]
+    name: String,
+    /// Largest message accepted in bytes, advertised as SIZE (default 25 MiB).
+    #[arg(long, visible_alias = "max-message-bytes", value_name = "BYTES")]
+    msglimit: Option<usize>,
+    /// Seconds a client may stay silent: between commands, and between
+    /// reads of a message (default 300).
+    #[arg(long = "timeout.read", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_read: Option<u64>,
+    /// Seconds a reply may take to be written to a slow client (default 300).
+    #[arg(long = "timeout.write", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_write: Option<u64>,
+    /// Accept only recipients of this domain (repeatable); the others get
+    /// 550 5.7.1 at RCPT TO.
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Vec<String>,
     /// Include the raw message, base64-encoded, as `raw`.
     #[arg(long)]
     raw: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+/// The long flags, so that Go-style single-dash spellings (`-webhook`,
+/// `-timeout.read=5`) can be read as their double-dash form.
+const LONG_FLAGS: &[&str] = &[
+    "listen",
+    "webhook",
+    "url",
+    "timeout",
+    "retry-for",
+    "name",
+    "hostname",
+    "msglimit",
+    "max-message-bytes",
+    "timeout.read",
+    "timeout.write",
+    "domain",
+    "raw",
+    "metrics",
+    "help",
+    "version",
+];
+
+/// `-flag` and `-flag=value` (Go's `flag` syntax) become `--flag...`.
+fn go_style(args: impl Iterator<Item = String>) -> impl Iterator<Item = String> {
+    args.enumerate().map(|(i, arg)| {
+        let name = arg
+            .strip_prefix('-')
+            .filter(|rest| !rest.starts_with('-'))
+            .map(|rest| rest.split_once('=').map_or(rest, |(name, _)| name));
+        match name {
+            Some(name) if i > 0 && LONG_FLAGS.contains(&name) => format!("-{arg}"),
+            _ => arg,
+        }
+    })
+}
+
+/// A listen address as the Go program takes it: `:25` is every interface.
+fn listen_addr(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_owned(),
+    }
 }
 
 /// The JSON body of one POST.
@@ -226,56 +326,153 @@ struct Webhook {
     client: reqwest::Client,
     url: reqwest::Url,
     raw: bool,
+    retry_for: Duration,
+}
+
+/// Retries a POST that failed for a reason that may pass (a 5xx, a
+/// refused connection, a timeout) with doubling pauses, as long as the
+/// next attempt starts before the deadline.
+#[derive(Clone)]
+struct RetryTransient {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl RetryTransient {
+    fn new(within: Duration) -> Self {
+        RetryTransient {
+            deadline: Instant::now() + within,
+            pause: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Policy<Bytes, StatusCode, reqwest::Error> for RetryTransient {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _json: &mut Bytes,
+        result: &mut Result<StatusCode, reqwest::Error>,
+    ) -> Option<Self::Future> {
+        let transient = match result {
+            Ok(status) => status.is_server_error(),
+            // Sending failed (refused, reset, timed out); a request that
+            // could not even be built would fail again.
+            Err(e) => !e.is_builder(),
+        };
+        let next = Instant::now() + self.pause;
+        if !transient || next >= self.deadline {
+            return None;
+        }
+        tracing::info!(
+            pause_ms = self.pause.as_millis() as u64,
+            "webhook failed; retrying"
+        );
+        self.pause *= 2;
+        Some(tokio::time::sleep_until(next))
+    }
+
+    fn clone_request(&mut self, json: &Bytes) -> Option<Bytes> {
+        Some(json.clone())
+    }
 }
 
 impl Webhook {
+    /// One POST of `json`; the answer's status.
+    fn post(
+        &self,
+    ) -> impl tower::Service<
+        Bytes,
+        Response = StatusCode,
+        Error = reqwest::Error,
+        Future = impl Future<Output = Result<StatusCode, reqwest::Error>> + Send,
+    > + Clone {
+        let client = self.client.clone();
+        let url = self.url.clone();
+        tower::service_fn(move |json: Bytes| {
+            let request = client
+                .post(url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(json);
+            async move { Ok(request.send().await?.status()) }
+        })
+    }
+
     async fn deliver(self, ctx: Context) -> Result<Reply, BoxError> {
         let Ok(email) = ctx.parse() else {
             // Retrying would not help: the message has no header at all.
             return Err(Reply::new(554, (5, 6, 0), "Not an email message: no header").into());
         };
-        let json = serde_json::to_vec(&Payload::new(&ctx, &email, self.raw))?;
-        let answer = self
-            .client
-            .post(self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(json)
-            .send()
+        let json = Bytes::from(serde_json::to_vec(&Payload::new(&ctx, &email, self.raw))?);
+        let answer = Retry::new(RetryTransient::new(self.retry_for), self.post())
+            .oneshot(json)
             .await;
+        let id = ctx.id();
         match answer {
-            Ok(response) if response.status().is_success() => {
-                tracing::info!(id = %ctx.id(), status = %response.status(), "posted");
-                Ok(Reply::new(
-                    250,
-                    (2, 0, 0),
-                    format!("OK queued as {}", ctx.id()),
-                ))
+            Ok(status) if status.is_success() => {
+                tracing::info!(%id, %status, "posted");
+                Ok(Reply::new(250, (2, 0, 0), format!("OK queued as {id}")))
             }
-            Ok(response) => {
-                tracing::warn!(id = %ctx.id(), status = %response.status(), "webhook refused");
+            Ok(status @ (StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)) => {
+                tracing::warn!(%id, %status, "webhook busy");
+                Err(Reply::new(
+                    451,
+                    (4, 7, 0),
+                    format!("Webhook busy (HTTP {}), try again later", status.as_u16()),
+                )
+                .into())
+            }
+            Ok(status) if status.is_client_error() => {
+                tracing::warn!(%id, %status, "webhook refused the message");
+                Err(Reply::new(
+                    554,
+                    (5, 7, 1),
+                    format!("Message refused by the webhook (HTTP {})", status.as_u16()),
+                )
+                .into())
+            }
+            Ok(status) => {
+                tracing::warn!(%id, %status, "webhook failed");
                 Err(Reply::new(451, (4, 3, 0), "Webhook unavailable, try again later").into())
             }
             Err(e) if e.is_timeout() => {
-                tracing::warn!(id = %ctx.id(), "webhook timed out");
+                tracing::warn!(%id, "webhook timed out");
                 Err(Reply::new(451, (4, 4, 7), "Webhook timed out, try again later").into())
             }
             Err(e) => {
-                tracing::warn!(id = %ctx.id(), error = %e, "webhook unreachable");
+                tracing::warn!(%id, error = %e, "webhook unreachable");
                 Err(Reply::new(451, (4, 4, 1), "Webhook unreachable, try again later").into())
             }
         }
     }
 }
 
+/// The `--domain` check at RCPT TO: other domains are refused, as a relay
+/// that is not ours to be.
+fn own_domain(domains: &[String], rcpt: &RcptTo) -> Ready<Result<Reply, BoxError>> {
+    let domain = rcpt.address().domain().unwrap_or("");
+    let ours = domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
+    ready(Ok(if ours {
+        Reply::ok()
+    } else {
+        Reply::new(550, (5, 7, 1), format!("Relaying to {domain} denied"))
+    }))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = Args::parse();
+    let args = Args::parse_from(go_style(std::env::args()));
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    if !matches!(args.url.scheme(), "http" | "https") {
-        return Err(format!("--url must be http or https, not {}", args.url.scheme()).into());
+    if !matches!(args.webhook.scheme(), "http" | "https") {
+        return Err(format!(
+            "--webhook must be http or https, not {}",
+            args.webhook.scheme()
+        )
+        .into());
     }
     // reqwest's TLS uses whichever rustls provider is installed: the same
     // ring provider as the server's TLS, so nothing else is compiled in.
@@ -285,23 +482,47 @@ async fn main() -> Result<(), BoxError> {
             .timeout(Duration::from_secs(args.timeout))
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
-        url: args.url,
+        url: args.webhook,
         raw: args.raw,
+        retry_for: Duration::from_secs(args.retry_for),
     };
 
+    let metrics = metrics::MetricsOption::start(args.metrics.as_deref())?;
     let shutdown = shutdown_signal()?;
-    let mut builder = Server::builder().hostname(&args.hostname);
-    if let Some(n) = args.max_message_bytes {
+    let mut builder = metrics.configure(Server::builder()).hostname(&args.name);
+    if let Some(n) = args.msglimit {
         builder = builder.max_message_bytes(n);
+    }
+    if let Some(secs) = args.timeout_read {
+        // The data timeout also bounds the handler: it must leave the
+        // webhook its attempts.
+        let handler = Duration::from_secs(args.timeout.saturating_add(args.retry_for) + 5);
+        builder = builder
+            .command_timeout(Duration::from_secs(secs))
+            .data_timeout(Duration::from_secs(secs).max(handler));
+    }
+    if let Some(secs) = args.timeout_write {
+        builder = builder.write_timeout(Duration::from_secs(secs));
+    }
+    if !args.domain.is_empty() {
+        let domains = args.domain.clone();
+        let on_rcpt = ServiceBuilder::new()
+            .layer(metrics.layer())
+            .service_fn(move |rcpt: RcptTo| own_domain(&domains, &rcpt));
+        builder = builder.on_rcpt(on_rcpt);
     }
     let mut server = builder.build();
     for addr in &args.listen {
+        let addr = listen_addr(addr);
         server = server.bind(addr.as_str()).await?;
     }
     for addr in server.local_addrs() {
         println!("listening on {addr}");
     }
-    let handler = tower::service_fn(move |ctx: Context| webhook.clone().deliver(ctx));
+    metrics.serve(&server).await?;
+    let handler = ServiceBuilder::new()
+        .layer(metrics.layer())
+        .service_fn(move |ctx: Context| webhook.clone().deliver(ctx));
     server
         .serve(handler)
         .with_graceful_shutdown(shutdown)

@@ -36,6 +36,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::common::accounts::{User, authenticator, parse_user};
 use crate::common::maildir::Maildir;
+use crate::common::metrics::MetricsOption;
 use crate::common::trace::trace_header;
 
 /// An authenticated submission server.
@@ -82,6 +83,10 @@ struct Args {
     /// Name in the banner, EHLO reply and Received header.
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     hostname: String,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn parse_allow(s: &str) -> Result<(String, String), String> {
@@ -101,6 +106,7 @@ async fn main() -> Result<(), BoxError> {
         .with_writer(std::io::stderr)
         .init();
 
+    let metrics = MetricsOption::start(args.metrics.as_deref())?;
     let rules = args
         .allowed
         .iter()
@@ -114,6 +120,7 @@ async fn main() -> Result<(), BoxError> {
     // sender, then count the message against that login's quota (a refused
     // sender costs nothing).
     let on_mail = ServiceBuilder::new()
+        .layer(metrics.layer())
         .layer(TraceLayer::new())
         .layer(RequireAuthLayer::new().senders(rules))
         .option_layer(rate_limit)
@@ -128,10 +135,12 @@ async fn main() -> Result<(), BoxError> {
     };
     let hostname: Arc<str> = args.hostname.as_str().into();
     let handler = ServiceBuilder::new()
+        .layer(metrics.layer())
         .layer(TraceLayer::new())
         .service_fn(move |ctx: Context| store(ctx, maildir.clone(), Arc::clone(&hostname)));
 
-    let server = Server::builder()
+    let server = metrics
+        .configure(Server::builder())
         .hostname(&args.hostname)
         .tls(TlsConfig::from_pem_files(&args.tls_cert, &args.tls_key)?)
         .require_tls(true)
@@ -144,6 +153,7 @@ async fn main() -> Result<(), BoxError> {
     for addr in server.local_addrs() {
         println!("listening on {addr}");
     }
+    metrics.serve(&server).await?;
     server
         .serve(handler)
         .with_graceful_shutdown(async {
@@ -162,7 +172,9 @@ async fn store(
 ) -> Result<Reply, BoxError> {
     if let Some(maildir) = maildir {
         let header = trace_header(&ctx, &hostname);
-        maildir.deliver(header, ctx.message().clone()).await?;
+        maildir
+            .deliver_with(maildir.line_ends_for(&ctx), header, ctx.message().clone())
+            .await?;
     }
     let text = format!("OK queued as {}", ctx.id());
     Ok(Reply::new(250, (2, 0, 0), text))

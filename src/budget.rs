@@ -26,6 +26,14 @@ impl MemoryBudget {
         })
     }
 
+    pub(crate) fn in_use(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub(crate) fn available(&self) -> usize {
         self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
     }

@@ -16,6 +16,8 @@ pub(crate) struct Config {
     pub max_auth_line_len: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Longest time a write of replies may take; the command timeout when unset.
+    pub write_timeout: Option<Duration>,
     pub handshake_timeout: Duration,
     pub max_errors: usize,
     pub line_endings: LineEndings,
@@ -35,6 +37,7 @@ pub(crate) struct Config {
     pub proxy_timeout: Duration,
     pub shutdown_grace: Duration,
     pub hooks: HookFlags,
+    pub observer: Option<crate::observe::SharedObserver>,
 }
 
 /// Which early-decision hooks are installed (the session asks only those).
@@ -60,6 +63,7 @@ impl Default for Config {
             max_auth_line_len: 12288,
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+            write_timeout: None,
             handshake_timeout: Duration::from_secs(10),
             max_errors: 20,
             line_endings: LineEndings::Reject,
@@ -79,6 +83,7 @@ impl Default for Config {
             proxy_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(60),
             hooks: HookFlags::default(),
+            observer: None,
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::hooks::{Hooks, ask, authenticate, call_guarded};
 use crate::info::SessionInfo;
+use crate::observe::{self, CloseReason, Event};
 use crate::proto::{BdatOutcome, DataOutcome, Reply};
 use crate::reply_conv::{BoxError, Delivery, IntoDelivery, error_reply};
 use crate::session::{Action, Check, InputMode, Received, Session};
@@ -134,6 +135,7 @@ pub(crate) struct Connection<IO, S> {
     shutdown: CancellationToken,
     deadline: Instant,
     data_read: usize,
+    closing: CloseReason,
 }
 
 impl<IO, S> Connection<IO, S>
@@ -178,6 +180,7 @@ where
             over_budget: false,
             shutdown,
             data_read: DATA_READ_MIN,
+            closing: CloseReason::PeerGone,
         })
     }
 
@@ -190,7 +193,20 @@ where
         );
         async move {
             tracing::debug!("connected");
+            let (listener, tls) = (
+                self.session.info().local_addr(),
+                self.session.info().tls.is_some(),
+            );
+            self.observe(Event::Connected { listener, tls });
+            if tls {
+                self.observe(Event::TlsHandshake { ok: true });
+            }
             self.serve().await;
+            self.observe(Event::Closed {
+                listener,
+                tls,
+                reason: self.closing,
+            });
             let _ = tokio::time::timeout(Duration::from_secs(5), self.transport.shutdown()).await;
             tracing::debug!("closed");
         }
@@ -243,10 +259,12 @@ where
                         format!("{} Timeout, closing connection", self.config.hostname),
                     );
                     tracing::info!("timeout");
+                    self.closing = CloseReason::Timeout;
                     self.close_with(r).await;
                     return;
                 }
                 Err(ReadStop::Shutdown) => {
+                    self.closing = CloseReason::Shutdown;
                     let r = Reply::new(
                         421,
                         (4, 3, 0),
@@ -261,7 +279,11 @@ where
 
     fn on_frame(&mut self, frame: Frame) -> Action {
         match frame {
-            Frame::Command(cmd) => self.session.command(cmd),
+            Frame::Command(cmd) => {
+                let verb = cmd.as_ref().map_or("invalid", |c| c.verb());
+                self.observe(Event::Command { verb });
+                self.session.command(cmd)
+            }
             Frame::LineTooLong => self.session.line_too_long(),
             Frame::AuthResponse(line) => self.session.auth_response(&line),
             Frame::DataEnd(outcome) => {
@@ -347,6 +369,7 @@ where
                     return Flow::Continue;
                 }
                 Action::Close(r) => {
+                    self.closing = CloseReason::of(&r);
                     self.close_with(r).await;
                     return Flow::Close;
                 }
@@ -393,6 +416,7 @@ where
             },
             Check::Auth(req) => {
                 let result = authenticate(hooks.auth.as_mut(), req, limit).await;
+                observe::report(&self.config.observer, Event::Auth { ok: result.is_ok() });
                 if result.is_err() && !self.config.auth_failure_delay.is_zero() {
                     // Slow down password guessing; grows with each failure.
                     let n = self.session.auth_failures().min(4) + 1;
@@ -463,16 +487,21 @@ where
                 let info = TlsInfo::from_connection(stream.get_ref().1);
                 tracing::debug!(version = %info.version, cipher = %info.cipher, "TLS established");
                 self.transport = Transport::Tls(Box::new(stream));
+                self.observe(Event::TlsHandshake { ok: true });
                 self.session.tls_established(info);
                 self.codec.set_mode(self.session.input_mode());
                 Flow::Continue
             }
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "TLS handshake failed");
+                self.observe(Event::TlsHandshake { ok: false });
+                self.closing = CloseReason::ServerClosed;
                 Flow::Close
             }
             Err(_) => {
                 tracing::info!("TLS handshake timed out");
+                self.observe(Event::TlsHandshake { ok: false });
+                self.closing = CloseReason::ServerClosed;
                 Flow::Close
             }
         }
@@ -483,12 +512,21 @@ where
         let _ = self.flush().await;
     }
 
+    fn observe(&self, event: Event<'_>) {
+        observe::report(&self.config.observer, event);
+    }
+
     async fn flush(&mut self) -> Result<(), ()> {
+        observe::report_replies(&self.config.observer, &self.write_buf);
         let write = async {
             self.transport.write_all(&self.write_buf).await?;
             self.transport.flush().await
         };
-        let result = tokio::time::timeout(self.config.command_timeout, write).await;
+        let limit = self
+            .config
+            .write_timeout
+            .unwrap_or(self.config.command_timeout);
+        let result = tokio::time::timeout(limit, write).await;
         self.write_buf.clear();
         if self.write_buf.capacity() > IDLE_BUFFER {
             self.write_buf = BytesMut::new();
@@ -542,6 +580,7 @@ where
         match result {
             Ok(0) => Err(ReadStop::Eof),
             Ok(n) => {
+                self.observe(Event::Received { bytes: n });
                 // A read that filled what we asked for: ask for more next time.
                 self.data_read = if !receiving {
                     DATA_READ_MIN

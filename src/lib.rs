@@ -61,6 +61,7 @@ mod envelope;
 pub mod extensions;
 mod hooks;
 mod info;
+pub mod observe;
 pub mod proto;
 pub mod proxy;
 mod reply_conv;

@@ -84,6 +84,12 @@ impl<T: IntoReply> IntoDelivery for T {
     }
 }
 
+impl IntoDelivery for Delivery {
+    fn into_delivery(self) -> Delivery {
+        self
+    }
+}
+
 impl IntoDelivery for PerRecipient {
     fn into_delivery(self) -> Delivery {
         Delivery::PerRecipient(self.0)

@@ -25,6 +25,7 @@ use crate::conn::{Connection, Transport};
 use crate::context::Context;
 use crate::hooks::{Hooks, boxed_authenticator, boxed_hook};
 use crate::info::{Identity, SessionInfo};
+use crate::observe::{Event, report};
 use crate::proto::LineEndings;
 use crate::proxy::{TrustedProxies, read_header_with_timeout};
 use crate::reply_conv::{BoxError, IntoDelivery, IntoReply};
@@ -93,6 +94,21 @@ impl Builder {
     /// handler may take (default 10 minutes).
     pub fn data_timeout(mut self, t: Duration) -> Self {
         self.config.data_timeout = t;
+        self
+    }
+
+    /// Longest time writing replies to a slow client may take (default:
+    /// the command timeout); past it the connection is closed.
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.config.write_timeout = Some(t);
+        self
+    }
+
+    /// Reports connection-level events (connections, commands, replies,
+    /// TLS, AUTH, bytes) to `observer`, e.g. for metrics; see
+    /// [`observe`](crate::observe).
+    pub fn observer(mut self, observer: impl crate::observe::Observer) -> Self {
+        self.config.observer = Some(crate::observe::SharedObserver(Arc::new(observer)));
         self
     }
 
@@ -468,6 +484,27 @@ impl Server {
         self
     }
 
+    /// Serves plain SMTP on an already-bound, listening std listener: one
+    /// inherited from systemd socket activation (`LISTEN_FDS`) or a
+    /// supervisor, or set up with options tokio does not offer. It is made
+    /// non-blocking here. Must be called within a tokio runtime.
+    pub fn std_listener(self, tcp: std::net::TcpListener) -> io::Result<Self> {
+        tcp.set_nonblocking(true)?;
+        Ok(self.listener(TcpListener::from_std(tcp)?))
+    }
+
+    /// [`std_listener`](Self::std_listener) with implicit TLS.
+    pub fn std_implicit_tls_listener(self, tcp: std::net::TcpListener) -> io::Result<Self> {
+        tcp.set_nonblocking(true)?;
+        Ok(self.implicit_tls_listener(TcpListener::from_std(tcp)?))
+    }
+
+    /// How much of the memory budget holds message bytes, readable while
+    /// the server runs (for a metrics gauge).
+    pub fn memory_gauge(&self) -> crate::observe::MemoryGauge {
+        crate::observe::MemoryGauge(self.budget.clone())
+    }
+
     /// The bound addresses, in the order the listeners were added.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
@@ -782,10 +819,12 @@ async fn handle<S>(
             Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "TLS handshake failed");
+                report(&config.observer, Event::TlsHandshake { ok: false });
                 return;
             }
             Err(_) => {
                 tracing::info!(%peer, "TLS handshake timed out");
+                report(&config.observer, Event::TlsHandshake { ok: false });
                 return;
             }
         }

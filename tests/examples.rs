@@ -265,23 +265,43 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Splits a stored message into its `Return-Path` line, its `Received`
-/// field (folded lines joined) and the rest.
-fn split_trace(stored: &[u8]) -> (String, String, &[u8]) {
-    let text = std::str::from_utf8(stored).unwrap();
-    let first_end = text.find("\r\n").unwrap() + 2;
+/// field (folded lines joined) and the rest, read with the wire's CRLF
+/// line ends whether the file has LF (mailsink's default) or CRLF.
+fn split_trace(stored: &[u8]) -> (String, String, Vec<u8>) {
+    let wire = crlf(stored);
+    let line_end = |from: usize| {
+        from + wire[from..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a line end")
+            + 2
+    };
+    let first_end = line_end(0);
     let mut end = first_end;
     loop {
-        let line_end = end + text[end..].find("\r\n").unwrap() + 2;
-        end = line_end;
-        if !text[end..].starts_with('\t') {
+        end = line_end(end);
+        if wire.get(end) != Some(&b'\t') {
             break;
         }
     }
+    let text = |range: std::ops::Range<usize>| String::from_utf8(wire[range].to_vec()).unwrap();
     (
-        text[..first_end].to_owned(),
-        text[first_end..end].to_owned(),
-        &stored[end..],
+        text(0..first_end),
+        text(first_end..end),
+        wire[end..].to_vec(),
     )
+}
+
+/// `bytes` with every LF not preceded by CR made CR LF.
+fn crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
 }
 
 fn write_certificate(dir: &Path) -> (PathBuf, PathBuf) {
@@ -324,6 +344,7 @@ async fn mailsink_stores_messages_byte_exact_behind_trace_headers() {
             md,
             "--hostname",
             "mx.test",
+            "--keep-wire-bytes",
         ],
         None,
         1,
@@ -767,7 +788,7 @@ fn received_spf_fields(maildir: &Path, message: &[u8]) -> Vec<String> {
     let mut fields: Vec<String> = files(&maildir.join("new"))
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path).unwrap();
+            let bytes = crlf(&std::fs::read(path).unwrap());
             let text = std::str::from_utf8(&bytes).unwrap();
             let (return_path, rest) = text.split_once("\r\n").unwrap();
             assert!(return_path.starts_with("Return-Path: <"), "{text}");
@@ -851,6 +872,608 @@ async fn mailsink_rate_limit_refuses_the_third_message_in_a_minute() {
     assert_eq!(code(&limited), "450", "{limited}");
     assert!(limited.is_transient());
     assert!(limited.to_string().contains("4.7.0"), "{limited}");
+}
+
+// ---------------------------------------------------------------- Maildir readers
+
+#[path = "../examples/common/maildir.rs"]
+mod maildir;
+
+/// The LF form of a CRLF message, as a Maildir reader expects it.
+fn lf(bytes: &[u8]) -> Vec<u8> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+/// The `,S=` (and `,W=`) sizes in a Maildir++ file name.
+fn maildir_sizes(path: &Path) -> (u64, Option<u64>) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let field = |key: &str| {
+        name.split(',')
+            .find_map(|f| f.strip_prefix(key))
+            .map(|v| v.split(':').next().unwrap().parse::<u64>().unwrap())
+    };
+    (field("S=").expect("a ,S= size"), field("W="))
+}
+
+#[tokio::test]
+async fn maildir_converts_crlf_to_lf_across_every_chunk_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = maildir::Maildir::create(&dir.path().join("md"), "host,with:odd/chars").unwrap();
+    // CR LF, a bare CR, a bare CR before CR LF, CR LF at both ends.
+    let wire: &[u8] = b"\r\nSubject: a\rb\r\r\n\r\nbody\r\nend\r\n";
+    let expected: &[u8] = b"\nSubject: a\rb\r\n\nbody\nend\n";
+    let mut names = Vec::new();
+    for cut in 0..=wire.len() {
+        let mut file = md.begin().unwrap();
+        file.write(&wire[..cut]).unwrap();
+        file.write(&wire[cut..]).unwrap();
+        names.push(file.commit().unwrap());
+    }
+    // One byte at a time: every CR ends a chunk.
+    let mut file = md.begin().unwrap();
+    for byte in wire {
+        file.write(std::slice::from_ref(byte)).unwrap();
+    }
+    names.push(file.commit().unwrap());
+    // A message ending in a bare CR keeps it.
+    let mut file = md.begin().unwrap();
+    file.write(b"x\r").unwrap();
+    let bare = file.commit().unwrap();
+
+    let new = dir.path().join("md").join("new");
+    for name in &names {
+        assert!(
+            !name.contains(':') && name.contains("\\054with\\072odd\\057"),
+            "{name}"
+        );
+        let path = new.join(name);
+        assert_eq!(std::fs::read(&path).unwrap(), expected, "{name}");
+        let (size, virtual_size) = maildir_sizes(&path);
+        assert_eq!(size, expected.len() as u64, "{name}");
+        assert_eq!(
+            virtual_size,
+            Some(wire.len() as u64 - 1),
+            "{name}: LFs counted as CRLF"
+        );
+    }
+    assert_eq!(std::fs::read(new.join(&bare)).unwrap(), b"x\r");
+    // Dropped without commit: nothing in tmp/, nothing in new/.
+    let mut file = md.begin().unwrap();
+    file.write(b"half").unwrap();
+    assert_eq!(files(&dir.path().join("md").join("tmp")).len(), 1);
+    drop(file);
+    assert!(files(&dir.path().join("md").join("tmp")).is_empty());
+    assert_eq!(files(&new).len(), names.len() + 1);
+}
+
+/// A Dovecot IMAP server on 127.0.0.1 over one Maildir, with a throw-away
+/// configuration and user (`test`, password `secret`); killed on drop.
+struct Dovecot {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Dovecot {
+    fn start(maildir: &Path, dir: &Path) -> Dovecot {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        // Dovecot never reads mail as root: as root, hand the Maildir to
+        // `nobody`; otherwise everything runs as the current user.
+        let (mail_uid, mail_gid, users) = if uid == "0" {
+            for path in [dir, maildir] {
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .unwrap();
+            }
+            chown_tree(maildir, 65534, 65534);
+            ("65534".to_owned(), "65534".to_owned(), String::new())
+        } else {
+            let name = id("-un");
+            let users = format!("default_login_user = {name}\ndefault_internal_user = {name}\n");
+            (uid, gid, users)
+        };
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        if mail_uid == "65534" {
+            chown_tree(&home, 65534, 65534);
+        }
+        let root = dir.display();
+        let config = format!(
+            "base_dir = {root}/run\n\
+             state_dir = {root}/state\n\
+             log_path = {root}/dovecot.log\n\
+             instance_name = smtpsrv-test-{port}\n\
+             protocols = imap\n\
+             listen = 127.0.0.1\n\
+             ssl = no\n\
+             disable_plaintext_auth = no\n\
+             auth_mechanisms = plain\n\
+             first_valid_uid = {mail_uid}\n\
+             mail_location = maildir:{maildir}\n\
+             {users}\
+             passdb {{\n  driver = static\n  args = password=secret\n}}\n\
+             userdb {{\n  driver = static\n  args = uid={mail_uid} gid={mail_gid} home={home}\n}}\n\
+             service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service anvil {{\n  chroot =\n}}\n",
+            maildir = maildir.display(),
+            home = home.display(),
+        );
+        let conf = dir.join("dovecot.conf");
+        std::fs::write(&conf, config).unwrap();
+        let child = Command::new("dovecot")
+            .args(["-F", "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start dovecot ({e}): install the Debian package dovecot-imapd")
+            });
+        let dovecot = Dovecot {
+            child,
+            port,
+            log: dir.join("dovecot.log"),
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "dovecot did not listen: {}",
+                dovecot.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dovecot
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every message of INBOX over IMAP, in order: its RFC822.SIZE and bytes.
+    fn fetch_all(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut imap = Imap::open(self.port);
+        imap.command("LOGIN test secret");
+        let select = imap.command("SELECT INBOX");
+        let exists: usize = select
+            .iter()
+            .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
+            .unwrap_or_else(|| panic!("no EXISTS in {select:?}; log:\n{}", self.log()));
+        (1..=exists).map(|n| imap.fetch(n)).collect()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// A minimal IMAP4rev1 client: tagged commands, literals in FETCH.
+struct Imap {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    tag: u32,
+}
+
+impl Imap {
+    fn open(port: u16) -> Imap {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut imap = Imap {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            tag: 0,
+        };
+        let greeting = imap.line();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        imap
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        assert!(
+            self.reader.read_line(&mut line).unwrap() > 0,
+            "IMAP server closed"
+        );
+        line.trim_end_matches("\r\n").to_owned()
+    }
+
+    fn send(&mut self, command: &str) -> String {
+        self.tag += 1;
+        let tag = format!("a{}", self.tag);
+        write!(self.writer, "{tag} {command}\r\n").unwrap();
+        tag
+    }
+
+    /// The untagged lines of the answer; panics unless it ends in OK.
+    fn command(&mut self, command: &str) -> Vec<String> {
+        let tag = self.send(command);
+        let mut lines = Vec::new();
+        for _ in 0..1000 {
+            let line = self.line();
+            if let Some(status) = line.strip_prefix(&format!("{tag} ")) {
+                assert!(
+                    status.starts_with("OK"),
+                    "{command}: {line} after {lines:?}"
+                );
+                return lines;
+            }
+            lines.push(line);
+        }
+        panic!("{command}: no tagged answer");
+    }
+
+    fn fetch(&mut self, n: usize) -> (u64, Vec<u8>) {
+        let tag = self.send(&format!("FETCH {n} (RFC822.SIZE BODY.PEEK[])"));
+        let head = self.line();
+        let size = head
+            .split("RFC822.SIZE ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no RFC822.SIZE in {head}"));
+        let literal: usize = head
+            .rsplit_once('{')
+            .and_then(|(_, rest)| rest.strip_suffix('}')?.parse().ok())
+            .unwrap_or_else(|| panic!("no literal in {head}"));
+        let mut body = vec![0; literal];
+        self.reader.read_exact(&mut body).unwrap();
+        for _ in 0..10 {
+            let line = self.line();
+            if let Some(status) = line.strip_prefix(&format!("{tag} ")) {
+                assert!(status.starts_with("OK"), "FETCH {n}: {line}");
+                return (size, body);
+            }
+        }
+        panic!("FETCH {n}: no tagged answer");
+    }
+}
+
+/// BDAT with BODY=BINARYMIME: CR LF, bare CR and bare LF are data here.
+const BINARY: &[u8] = b"Subject: binary\r\nContent-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: binary\r\n\r\n\x00\x01\r\n\x02\r\x03\n\x04\xff\r\n";
+
+#[tokio::test]
+async fn mailsink_maildir_is_stored_with_lf_and_read_back_by_dovecot_over_imap() {
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("md");
+    let sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            maildir.to_str().unwrap(),
+            "--hostname",
+            "mx.test",
+        ],
+        None,
+        1,
+    );
+    let transport = client(sink.port()).build();
+    let to_bob = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let sent = [ONE, MULTIPART, TWO];
+    for message in sent {
+        let reply = send(&transport, &to_bob, message).await.unwrap();
+        assert_eq!(reply.code().to_string(), "250");
+    }
+    let mut smtp = Conversation::open(sink.addrs[0]);
+    assert!(smtp.command("EHLO client.example").starts_with("250"));
+    assert!(
+        smtp.command("MAIL FROM:<ann@example.org> BODY=BINARYMIME")
+            .starts_with("250")
+    );
+    assert!(smtp.command("RCPT TO:<bob@example.com>").starts_with("250"));
+    smtp.send(&format!("BDAT {} LAST\r\n", BINARY.len()));
+    smtp.writer.write_all(BINARY).unwrap();
+    let reply = smtp.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    drop(sink);
+
+    // On disk: LF line ends and Maildir++ sizes; the binary message as sent.
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    let mut texts = 0;
+    for path in &stored {
+        let bytes = std::fs::read(path).unwrap();
+        let (size, virtual_size) = maildir_sizes(path);
+        assert_eq!(size, bytes.len() as u64, "{}", path.display());
+        let (_, _, rest) = split_trace(&bytes);
+        if rest.starts_with(b"Subject: binary") {
+            assert_eq!(virtual_size, None, "a wire-bytes file has no ,W=");
+            assert_eq!(
+                &bytes[bytes.len() - BINARY.len()..],
+                BINARY,
+                "BINARYMIME is byte-exact"
+            );
+            continue;
+        }
+        texts += 1;
+        assert!(
+            !bytes.windows(2).any(|w| w == b"\r\n"),
+            "CRLF left in {}",
+            path.display()
+        );
+        assert_eq!(virtual_size, Some(crlf(&bytes).len() as u64));
+        assert!(
+            sent.iter().any(|m| bytes.ends_with(&lf(m))),
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(texts, 3);
+
+    // Dovecot reads each message back with its size; IMAP speaks CRLF.
+    let dovecot = Dovecot::start(&maildir, dir.path());
+    let fetched = dovecot.fetch_all();
+    assert_eq!(fetched.len(), 4, "log:\n{}", dovecot.log());
+    for message in sent {
+        let (size, body) = fetched
+            .iter()
+            .find(|(_, body)| body.ends_with(message))
+            .unwrap_or_else(|| {
+                panic!(
+                    "not fetched: {}; log:\n{}",
+                    String::from_utf8_lossy(message),
+                    dovecot.log()
+                )
+            });
+        assert_eq!(*size, body.len() as u64);
+        let (return_path, received, rest) = split_trace(body);
+        assert_eq!(return_path, "Return-Path: <ann@example.org>\r\n");
+        assert!(received.contains("by mx.test (smtpsrv)"), "{received}");
+        assert_eq!(rest, message);
+    }
+    assert!(
+        fetched
+            .iter()
+            .any(|(_, body)| body.windows(6).any(|w| w == b"\x01\r\n\x02\r\x03")),
+        // (Dovecot shows a NUL as 0x80 outside FETCH BINARY.)
+        "binary message fetched"
+    );
+    let log = dovecot.log();
+    assert!(!log.contains("Error"), "dovecot log:\n{log}");
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// One GET over HTTP/1.1: the status line and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `series` (`name{labels}` exactly as rendered,
+/// or a bare name), 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn mailsink_metrics_count_the_traffic_that_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--maildir",
+            dir.path().join("md").to_str().unwrap(),
+            "--user",
+            "ann:secret",
+            "--allow-insecure-auth",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        None,
+        1,
+    );
+    let line = sink.next_line();
+    let endpoint: SocketAddr = line
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("expected `metrics on ADDR`, got {line:?}"))
+        .parse()
+        .unwrap();
+    let (status, body) = http_get(endpoint, "/healthz");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    assert!(http_get(endpoint, "/nope").0.contains("404"));
+
+    // Two messages on two authenticated connections...
+    let transport = client(sink.port())
+        .credentials(Credentials::new("ann".into(), "secret".into()))
+        .build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    for message in [ONE, TWO] {
+        send(&transport, &env, message).await.unwrap();
+    }
+    // ...and one conversation with a failed AUTH, a bad command, a refused
+    // recipient and QUIT.
+    let mut smtp = Conversation::open(sink.addrs[0]);
+    assert!(smtp.command("EHLO client.example").starts_with("250"));
+    let bad_auth = smtp.command(&format!("AUTH PLAIN {}", BASE64.encode("\0ann\0wrong")));
+    assert!(bad_auth.starts_with("535"), "{bad_auth}");
+    assert!(smtp.command("FROB").starts_with("500"));
+    assert!(smtp.command("RCPT TO:<bob@example.com>").starts_with("503"));
+    assert!(smtp.command("QUIT").starts_with("221"));
+    drop(smtp);
+
+    let listener = format!("listener=\"{}\",tls=\"false\"", sink.addrs[0]);
+    // The sessions' ends are counted as they close: wait for the third.
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = http_get(endpoint, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if sample(&metrics, "smtp_sessions_ended_total{reason=\"quit\"}") >= 3.0 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "sessions not ended:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    };
+    expect(&format!("smtp_connections_total{{{listener}}}"), 3.0);
+    expect(&format!("smtp_connections_open{{{listener}}}"), 0.0);
+    expect("smtp_sessions_ended_total{reason=\"quit\"}", 3.0);
+    expect("smtp_auth_total{result=\"success\"}", 2.0);
+    expect("smtp_auth_total{result=\"failure\"}", 1.0);
+    expect("smtp_commands_total{verb=\"MAIL\"}", 2.0);
+    expect("smtp_commands_total{verb=\"DATA\"}", 2.0);
+    expect("smtp_commands_total{verb=\"QUIT\"}", 3.0);
+    expect("smtp_commands_total{verb=\"invalid\"}", 1.0);
+    // 535, 500 and 503.
+    expect("smtp_replies_total{class=\"5xx\"}", 3.0);
+    expect("smtp_replies_total{class=\"3xx\"}", 2.0);
+    expect(
+        "smtp_messages_total{result=\"accepted\",status=\"2.0.0\"}",
+        2.0,
+    );
+    expect("smtp_stage_duration_seconds_count{stage=\"data\"}", 2.0);
+    expect("smtp_memory_budget_in_use_bytes", 0.0);
+    assert!(
+        sample(&metrics, "smtp_memory_budget_limit_bytes") > 0.0,
+        "{metrics}"
+    );
+    let received = sample(&metrics, "smtp_received_bytes_total");
+    let bodies = (ONE.len() + TWO.len()) as f64;
+    assert!(
+        received > bodies && received < bodies + 2000.0,
+        "{received} bytes received for {bodies} bytes of messages"
+    );
+}
+
+// ---------------------------------------------------------------- systemd
+
+/// mailsink started by `systemd-socket-activate` as systemd starts it: the
+/// listening socket passed as fd 3 (LISTEN_FDS, LISTEN_PID,
+/// LISTEN_FDNAMES), readiness and stopping reported to NOTIFY_SOCKET.
+#[tokio::test]
+async fn mailsink_systemd_serves_the_passed_socket_and_notifies_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let maildir = dir.path().join("md");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(addr.to_string())
+        .arg("--fdname=smtp")
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("-E")
+        .arg("RUST_LOG=info")
+        .arg(example_binary("mailsink"))
+        .args(["--systemd", "--hostname", "mx.test", "--maildir"])
+        .arg(&maildir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start systemd-socket-activate ({e}): install systemd"));
+    let stdout = lines(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let mut sink = Example {
+        child,
+        addrs: Vec::new(),
+        stdout,
+        stderr,
+    };
+    // systemd-socket-activate starts the service at the first connection;
+    // that client is then served by mailsink from the socket's queue.
+    let deadline = Instant::now() + WAIT;
+    let mut smtp = loop {
+        if TcpStream::connect(addr).is_ok() {
+            break Conversation::open(addr);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not listening: {}",
+            sink.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = sink.next_line();
+    assert_eq!(line, format!("listening on {addr} (from systemd)"));
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 sent");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+
+    // A transaction in progress when SIGTERM comes still finishes.
+    assert!(smtp.command("EHLO client.example").starts_with("250"));
+    assert!(
+        smtp.command("MAIL FROM:<ann@example.org>")
+            .starts_with("250")
+    );
+    assert!(smtp.command("RCPT TO:<bob@example.com>").starts_with("250"));
+    assert!(smtp.command("DATA").starts_with("354"));
+    sink.signal("TERM");
+    let n = notify.recv(&mut buf).expect("STOPPING=1 sent");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    smtp.send("Subject: activated\r\n\r\nby systemd\r\n.\r\n");
+    let reply = smtp.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    // Then the session is closed: shutting down.
+    let closed = smtp.reply();
+    assert!(closed.is_empty() || closed.starts_with("421"), "{closed}");
+    let status = sink.wait();
+    assert!(status.success(), "{status:?}; stderr:\n{}", sink.stderr());
+    let stored = files(&maildir.join("new"));
+    assert_eq!(stored.len(), 1);
+    let (_, _, rest) = split_trace(&std::fs::read(&stored[0]).unwrap());
+    assert_eq!(rest, b"Subject: activated\r\n\r\nby systemd\r\n");
+}
+
+#[test]
+fn mailsink_systemd_without_a_passed_socket_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command("mailsink", &["--systemd", "--discard"], Some(dir.path()))
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no socket passed (LISTEN_FDS)"), "{stderr}");
 }
 
 // ---------------------------------------------------------------- smtp2http
@@ -1104,7 +1727,16 @@ async fn smtp2http_answers_451_when_the_webhook_fails_and_any_2xx_is_success() {
     let url = format!("http://{hook}/");
     let bridge = Example::start(
         "smtp2http",
-        &["--listen", "127.0.0.1:0", "--url", &url, "--timeout", "1"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--url",
+            &url,
+            "--timeout",
+            "1",
+            "--retry-for",
+            "0",
+        ],
         None,
         1,
     );
@@ -1130,6 +1762,234 @@ async fn smtp2http_answers_451_when_the_webhook_fails_and_any_2xx_is_success() {
         json["envelope"]["to"],
         serde_json::json!(["bob@example.com"])
     );
+}
+
+/// Go-style spellings of alash3al/smtp2http's flags, each with its meaning.
+#[tokio::test]
+async fn smtp2http_accepts_the_go_flags_with_their_meaning() {
+    let (hook, mut posted) = webhook(&[]).await;
+    let url = format!("http://{hook}/in");
+    let webhook_flag = format!("-webhook={url}");
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "-listen=127.0.0.1:0",
+            &webhook_flag,
+            "-name",
+            "gw.example",
+            "--msglimit",
+            "2000",
+            "-timeout.read=2",
+            "--timeout.write",
+            "2",
+            "-domain=example.com",
+        ],
+        None,
+        1,
+    );
+    let addr = bridge.addrs[0];
+    let mut smtp = Conversation::open(addr);
+    smtp.send("EHLO client.example\r\n");
+    let ehlo = smtp.full_reply();
+    assert!(ehlo.starts_with("250-gw.example"), "{ehlo}");
+    assert!(ehlo.contains("SIZE 2000"), "{ehlo}");
+    assert!(
+        smtp.command("MAIL FROM:<ann@example.org>")
+            .starts_with("250")
+    );
+    let other = smtp.command("RCPT TO:<bob@example.net>");
+    assert!(other.starts_with("550 5.7.1"), "other domain: {other}");
+    let ours = smtp.command("RCPT TO:<bob@EXAMPLE.com>");
+    assert!(ours.starts_with("250"), "own domain: {ours}");
+    assert!(smtp.command("DATA").starts_with("354"));
+    smtp.send(&format!(
+        "Subject: big\r\n\r\n{}\r\n.\r\n",
+        "x".repeat(3000)
+    ));
+    let big = smtp.reply();
+    assert!(big.starts_with("552"), "over --msglimit: {big}");
+    // -timeout.read=2: a silent client is dropped after about 2 s.
+    let started = Instant::now();
+    let timeout = smtp.reply();
+    assert!(timeout.starts_with("421 4.4.2"), "{timeout}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let reply = send(&transport, &env, ONE).await.unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+    let request = tokio::time::timeout(WAIT, posted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(request.head.starts_with("POST /in "), "{}", request.head);
+}
+
+#[tokio::test]
+async fn smtp2http_retries_a_failing_webhook_with_backoff_then_delivers() {
+    let (hook, mut posted) = webhook(&[Answer::Status(500), Answer::Status(503)]).await;
+    let url = format!("http://{hook}/");
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--retry-for",
+            "10",
+        ],
+        None,
+        1,
+    );
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let started = Instant::now();
+    let reply = send(&transport, &env, ONE).await.unwrap();
+    assert_eq!(
+        reply.code().to_string(),
+        "250",
+        "third attempt answered 200"
+    );
+    // Pauses of 0.5 s then 1 s between the three attempts.
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    for attempt in 0..3 {
+        let request = tokio::time::timeout(WAIT, posted.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(json["id"], "one@example.org", "attempt {attempt}");
+    }
+    assert!(posted.try_recv().is_err(), "no fourth POST");
+}
+
+#[tokio::test]
+async fn smtp2http_answers_451_after_retrying_an_unreachable_webhook_for_the_bounded_time() {
+    // A port nobody listens on: every attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--retry-for",
+            "2",
+        ],
+        None,
+        1,
+    );
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    let started = Instant::now();
+    let failed = send(&transport, &env, ONE).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(code(&failed), "451", "{failed}");
+    assert!(failed.to_string().contains("unreachable"), "{failed}");
+    // Attempts at 0, 0.5 and 1.5 s; the next (3.5 s) is past the 2 s bound.
+    assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    let retries = bridge.stderr().matches("retrying").count();
+    assert_eq!(retries, 2, "{}", bridge.stderr());
+}
+
+#[tokio::test]
+async fn smtp2http_does_not_retry_a_4xx_refusal() {
+    let (hook, mut posted) = webhook(&[Answer::Status(403), Answer::Status(429)]).await;
+    let url = format!("http://{hook}/");
+    let bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--retry-for",
+            "10",
+        ],
+        None,
+        1,
+    );
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+
+    let refused = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&refused), "554", "HTTP 403: {refused}");
+    assert!(refused.is_permanent());
+    assert!(refused.to_string().contains("5.7.1"), "{refused}");
+
+    let busy = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&busy), "451", "HTTP 429: {busy}");
+    assert!(busy.is_transient());
+
+    let reply = send(&transport, &env, ONE).await.unwrap();
+    assert_eq!(reply.code().to_string(), "250");
+    // Exactly one POST per message: the refusals were not retried.
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, posted.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(posted.try_recv().is_err(), "a 4xx was retried");
+}
+
+#[tokio::test]
+async fn smtp2http_metrics_count_messages_by_enhanced_code_and_hook_replies() {
+    let (hook, _posted) = webhook(&[Answer::Status(200), Answer::Status(403)]).await;
+    let url = format!("http://{hook}/");
+    let mut bridge = Example::start(
+        "smtp2http",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook",
+            &url,
+            "--domain",
+            "example.com",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        None,
+        1,
+    );
+    let line = bridge.next_line();
+    let endpoint: SocketAddr = line.strip_prefix("metrics on ").unwrap().parse().unwrap();
+    let transport = client(bridge.port()).build();
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+    send(&transport, &env, ONE).await.unwrap();
+    let refused = send(&transport, &env, ONE).await.unwrap_err();
+    assert_eq!(code(&refused), "554");
+    let elsewhere = envelope(Some("ann@example.org"), &["bob@example.net"]);
+    let relay = send(&transport, &elsewhere, ONE).await.unwrap_err();
+    assert_eq!(code(&relay), "550");
+
+    let (_, metrics) = http_get(endpoint, "/metrics");
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    };
+    expect(
+        "smtp_messages_total{result=\"accepted\",status=\"2.0.0\"}",
+        1.0,
+    );
+    expect(
+        "smtp_messages_total{result=\"refused\",status=\"5.7.1\"}",
+        1.0,
+    );
+    expect(
+        "smtp_hook_replies_total{stage=\"rcpt\",result=\"accepted\"}",
+        2.0,
+    );
+    expect(
+        "smtp_hook_replies_total{stage=\"rcpt\",result=\"refused\"}",
+        1.0,
+    );
+    expect("smtp_stage_duration_seconds_count{stage=\"rcpt\"}", 3.0);
+    expect("smtp_stage_duration_seconds_count{stage=\"data\"}", 2.0);
 }
 
 // ---------------------------------------------------------------- header_layer

@@ -4,4 +4,5 @@
 
 pub mod accounts;
 pub mod maildir;
+pub mod metrics;
 pub mod trace;

@@ -12,7 +12,8 @@
 //!     --user ann:secret --require-auth
 //! ```
 //!
-//! Every message answered 250 is in `<maildir>/new/`, preceded by
+//! Every message answered 250 is in `<maildir>/new/` (with LF line ends,
+//! named as Maildir++ readers expect; `--keep-wire-bytes` keeps CRLF), preceded by
 //! `Return-Path` and `Received` header fields (and `Received-SPF` with
 //! `--spf tag|reject`). One line per bound address, `listening on ADDR`,
 //! goes to stdout (so `--listen 127.0.0.1:0` can be used and the port read
@@ -23,6 +24,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod ops;
 
 use std::future::{Ready, ready};
 use std::net::SocketAddr;
@@ -150,6 +152,9 @@ struct Args {
     /// networks separated by commas), e.g. 127.0.0.1,10.0.0.0/8.
     #[arg(long, value_name = "TRUSTED_NETWORKS", value_parser = parse_trusted)]
     proxy_protocol: Option<TrustedProxies>,
+
+    #[command(flatten)]
+    ops: ops::OpsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,7 +212,8 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), BoxError> {
     // Registered before listening, so that a signal is never lost to the
     // default action (which would kill the process mid-transaction).
-    let shutdown = shutdown_signal()?;
+    let ops = args.ops.start()?;
+    let shutdown = ops.stopping(shutdown_signal()?);
 
     let hostname = args.hostname.clone().unwrap_or_else(system_hostname);
     // Before listening: a client must never be accepted into a server that
@@ -215,12 +221,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let maildir = if args.discard {
         None
     } else {
-        let maildir = Maildir::create(&args.maildir, &hostname)
+        let maildir = Maildir::with_line_ends(&args.maildir, &hostname, args.ops.line_ends())
             .map_err(|e| format!("cannot use Maildir {}: {e}", args.maildir.display()))?;
         Some(maildir)
     };
-    let mut server = configure(&args, &hostname)?.build();
-    let plain = if args.listen.is_empty() && args.tls_listen.is_empty() {
+    let mut server = ops.inherit_listeners(ops.configure(configure(&args, &hostname)?).build())?;
+    let plain = if args.listen.is_empty() && args.tls_listen.is_empty() && !args.ops.systemd {
         vec!["127.0.0.1:2525".to_owned()]
     } else {
         args.listen.clone()
@@ -235,13 +241,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
         println!("listening on {} (implicit TLS)", tcp.local_addr()?);
         server = server.implicit_tls_listener(tcp);
     }
+    ops.ready(&server).await?;
 
     match maildir {
         None => {
             tracing::info!(%hostname, "discarding every message");
             let parse = args.parse;
             server
-                .serve(tower::service_fn(move |ctx| discard(ctx, parse)))
+                .serve(
+                    ServiceBuilder::new()
+                        .layer(ops.layer())
+                        .service_fn(move |ctx| discard(ctx, parse)),
+                )
                 .with_graceful_shutdown(shutdown)
                 .await?;
         }
@@ -249,9 +260,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
             tracing::info!(%hostname, maildir = %args.maildir.display(), "storing messages");
             let hostname: Arc<str> = hostname.into();
             let parse = args.parse;
-            let handler = tower::service_fn(move |ctx: Context| {
-                store(ctx, Arc::clone(&maildir), Arc::clone(&hostname), parse)
-            });
+            let handler =
+                ServiceBuilder::new()
+                    .layer(ops.layer())
+                    .service_fn(move |ctx: Context| {
+                        store(ctx, Arc::clone(&maildir), Arc::clone(&hostname), parse)
+                    });
             server
                 .serve(handler)
                 .with_graceful_shutdown(shutdown)
@@ -345,7 +359,7 @@ async fn store(
     }
     let header = trace::trace_header(&ctx, &hostname);
     let file = maildir
-        .deliver(header, ctx.message().clone())
+        .deliver_with(maildir.line_ends_for(&ctx), header, ctx.message().clone())
         .await
         .inspect_err(|e| tracing::error!(id = %ctx.id(), error = %e, "cannot store message"))?;
     tracing::info!(

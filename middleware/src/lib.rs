@@ -10,6 +10,7 @@
 //! | [`mailable`] | `550 5.1.8` sender domain has no MX/A/AAAA, `550 5.7.27` Null MX, `451 4.1.8` DNS failure |
 //! | [`rate_limit`] | `450 4.7.0` (or `421 4.7.0`) over a keyed quota |
 //! | [`trace`] | never: logs calls and replies |
+//! | `metrics` (feature `metrics`) | never: counts and times calls and replies for Prometheus |
 //!
 //! # Stages
 //!
@@ -70,6 +71,8 @@ pub mod dns;
 mod future;
 pub mod mailable;
 pub mod message;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod rate_limit;
 mod request;
 pub mod require_auth;
