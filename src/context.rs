@@ -225,14 +225,14 @@ impl Context {
 
     /// Replaces the message with `message` in memory. To put a header on
     /// top of any body (spilled ones stay on disk), use
-    /// [`Context::prepend_header`].
+    /// [`Context::prepend`].
     pub fn set_message(&mut self, message: Bytes) {
         self.body = Body::from(message);
     }
 
     /// Puts header fields (complete, each ending in CRLF) on top of the
     /// message, whatever its shape (see [`Body::prepend`]).
-    pub fn prepend_header(&mut self, field: &[u8]) {
+    pub fn prepend(&mut self, field: &[u8]) {
         self.body.prepend(field);
     }
 
