@@ -37,34 +37,38 @@ impl Maildir {
         }))
     }
 
-    /// Stores `header` followed by `body` as one message and returns its
-    /// file name. The blocking file work runs off the async runtime.
-    pub async fn deliver(self: &Arc<Self>, header: Vec<u8>, body: Bytes) -> io::Result<String> {
+    /// Starts a message in `tmp/`: write it with [`MaildirFile::write`]
+    /// while it arrives, then [`MaildirFile::commit`]; dropped without a
+    /// commit, the file is removed (a failed or aborted message leaves
+    /// nothing behind).
+    pub fn begin(self: &Arc<Self>) -> io::Result<MaildirFile> {
         let name = self.unique_name();
-        let maildir = Arc::clone(self);
-        tokio::task::spawn_blocking(move || maildir.write(&name, &header, &body).map(|()| name))
-            .await
-            .map_err(io::Error::other)?
+        let tmp_path = self.tmp.join(&name);
+        let file = File::create_new(&tmp_path)?;
+        Ok(MaildirFile {
+            maildir: Arc::clone(self),
+            name,
+            tmp_path,
+            file: Some(file),
+        })
     }
 
-    fn write(&self, name: &str, header: &[u8], body: &[u8]) -> io::Result<()> {
-        let tmp_path = self.tmp.join(name);
-        let written = (|| {
+    /// Stores `header` followed by `body` as one message and returns its
+    /// file name. The blocking file work runs off the async runtime.
+    // mailsink streams through `begin` instead; submission uses this.
+    #[allow(dead_code)]
+    pub async fn deliver(self: &Arc<Self>, header: Vec<u8>, body: Bytes) -> io::Result<String> {
+        let maildir = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
             // Two writes instead of joining header and body: the body is
             // never copied.
-            let mut file = File::create_new(&tmp_path)?;
-            file.write_all(header)?;
-            file.write_all(body)?;
-            file.sync_all()?;
-            fs::rename(&tmp_path, self.new.join(name))?;
-            // Makes the rename itself durable.
-            File::open(&self.new)?.sync_all()
-        })();
-        if written.is_err() {
-            // Leave no half-written file behind (harmless if already renamed).
-            let _ = fs::remove_file(&tmp_path);
-        }
-        written
+            let mut file = maildir.begin()?;
+            file.write(&header)?;
+            file.write(&body)?;
+            file.commit()
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// `seconds.MmicrosecondsPpidQn.host`: unique per process (the counter),
@@ -82,5 +86,50 @@ impl Maildir {
             n,
             self.host
         )
+    }
+}
+
+/// A message being written into `tmp/`; removed on drop unless committed.
+pub struct MaildirFile {
+    maildir: Arc<Maildir>,
+    name: String,
+    tmp_path: PathBuf,
+    file: Option<File>,
+}
+
+impl MaildirFile {
+    /// Appends `chunk` (blocking: call it from `spawn_blocking`).
+    pub fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.write_all(chunk),
+            None => Err(io::Error::other("message already committed")),
+        }
+    }
+
+    /// Makes the message durable and visible: fsync, rename into `new/`,
+    /// fsync `new/`. Returns the file name. Blocking.
+    pub fn commit(mut self) -> io::Result<String> {
+        let Some(file) = self.file.take() else {
+            return Err(io::Error::other("message already committed"));
+        };
+        file.sync_all()?;
+        drop(file);
+        let new = &self.maildir.new;
+        fs::rename(&self.tmp_path, new.join(&self.name))?;
+        // Renamed: nothing left in tmp/ for Drop to remove.
+        self.tmp_path = PathBuf::new();
+        // Makes the rename itself durable.
+        File::open(new)?.sync_all()?;
+        Ok(std::mem::take(&mut self.name))
+    }
+}
+
+impl Drop for MaildirFile {
+    fn drop(&mut self) {
+        if !self.tmp_path.as_os_str().is_empty() {
+            // Leave no half-written file behind.
+            self.file = None;
+            let _ = fs::remove_file(&self.tmp_path);
+        }
     }
 }
