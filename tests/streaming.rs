@@ -186,7 +186,7 @@ fn message(len: usize, seed: u8) -> Vec<u8> {
     let mut i = 0usize;
     while m.len() < len {
         let line_len = 1 + (i * 37 + seed as usize) % 120;
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             m.push(b'.');
         }
         m.extend((0..line_len).map(|j| b'a' + ((i + j) % 26) as u8));
@@ -530,13 +530,16 @@ async fn a_client_gone_mid_message_is_an_error_and_leaves_no_file() {
     }
 }
 
+/// Whether spilled, the bytes read, the parsed subject.
+type SpilledSeen = (bool, Vec<u8>, Option<String>);
+
 /// The buffered handler sees a complete spilled body that layers can still
 /// rewrite (prepend) and parse.
 #[tokio::test]
 async fn a_spilled_body_can_be_prepended_to_and_parsed() {
     let _shared = SERIAL.read().await;
     let spill_dir = tempfile::tempdir().unwrap();
-    let out: Arc<Mutex<Option<(bool, Vec<u8>, Option<String>)>>> = Arc::default();
+    let out: Arc<Mutex<Option<SpilledSeen>>> = Arc::default();
     let o = out.clone();
     let service = service_fn(move |mut ctx: Context| {
         let o = o.clone();
