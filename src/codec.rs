@@ -113,6 +113,37 @@ impl SmtpCodec {
         self.body = BytesMut::new();
     }
 
+    /// Takes the body received so far (streaming mode hands it on while
+    /// the rest arrives); the buffer keeps its spare capacity.
+    pub fn take_chunk(&mut self) -> Bytes {
+        self.body.split().freeze()
+    }
+
+    /// The body received so far, e.g. to write it to a spill file.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Empties the body buffer, keeping its capacity.
+    pub fn clear_body(&mut self) {
+        self.body.clear();
+    }
+
+    /// Whether the body being received has already failed (over the size
+    /// limit, a bare line ending under the rejecting policy); it is still
+    /// drained to its end. For BDAT only the current chunk is known.
+    pub fn body_failure(&self) -> Option<crate::body::BodyError> {
+        use crate::body::BodyError;
+        match &self.mode {
+            Mode::Data(r) => r.failure().map(|f| match f {
+                DataOutcome::BareLineEnding => BodyError::BareLineEnding,
+                _ => BodyError::TooLarge,
+            }),
+            Mode::Bdat(r) if r.outcome() == BdatOutcome::TooLarge => Some(BodyError::TooLarge),
+            _ => None,
+        }
+    }
+
     /// Takes the complete message body.
     pub fn take_body(&mut self) -> Bytes {
         std::mem::take(&mut self.body).freeze()

@@ -33,11 +33,32 @@ pub(crate) struct Config {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub memory_budget: usize,
+    pub spill_threshold: usize,
+    pub spill_dir: Option<std::path::PathBuf>,
+    pub streaming: bool,
     pub proxy: Option<TrustedProxies>,
     pub proxy_timeout: Duration,
     pub shutdown_grace: Duration,
     pub hooks: HookFlags,
     pub observer: Option<crate::observe::SharedObserver>,
+}
+
+impl Config {
+    /// Where spilled messages go.
+    pub fn spill_dir(&self) -> std::path::PathBuf {
+        self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// The most message octets one transfer holds in memory: a buffered
+    /// message up to the spill threshold; a streaming one a few reads.
+    pub fn message_memory(&self) -> usize {
+        let most = if self.streaming {
+            1024 * 1024
+        } else {
+            self.spill_threshold
+        };
+        most.min(self.max_message_bytes)
+    }
 }
 
 /// Which early-decision hooks are installed (the session asks only those).
@@ -79,6 +100,9 @@ impl Default for Config {
             max_connections: 10_000,
             max_connections_per_ip: 100,
             memory_budget: 1024 * 1024 * 1024,
+            spill_threshold: 1024 * 1024,
+            spill_dir: None,
+            streaming: false,
             proxy: None,
             proxy_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(60),

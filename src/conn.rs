@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::Instrument;
 
+use crate::body::{Body, BodyError, Spill};
 use crate::budget::{MemoryBudget, Reservation};
 use crate::codec::{Frame, SmtpCodec};
 use crate::config::Config;
@@ -40,6 +41,7 @@ use crate::proto::{BdatOutcome, DataOutcome, Reply};
 use crate::reply_conv::{BoxError, Delivery, IntoDelivery, error_reply};
 use crate::session::{Action, Check, InputMode, Received, Session};
 use crate::stage::Connect;
+use crate::streaming::StreamingCall;
 use crate::tls::{TlsConfig, TlsInfo};
 
 /// A plain or TLS stream over the same socket.
@@ -94,6 +96,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<IO> {
     }
 }
 
+/// The body error a streaming handler sees for a failed transfer; `None`
+/// for a complete one.
+fn failure(received: &Received) -> Option<BodyError> {
+    match received {
+        Received::Complete(_) => None,
+        Received::TooLarge => Some(BodyError::TooLarge),
+        Received::BareLineEnding => Some(BodyError::BareLineEnding),
+        Received::OverBudget => Some(BodyError::Storage),
+    }
+}
+
 /// Why reading stopped.
 enum ReadStop {
     Eof,
@@ -118,6 +131,9 @@ const DATA_READ_MIN: usize = 16 * 1024;
 const DATA_READ_MAX: usize = 256 * 1024;
 /// How much to read at once between commands.
 const COMMAND_READ: usize = 1024;
+/// Chunks in flight to a streaming handler: with reads of at most
+/// `DATA_READ_MAX`, what a streaming connection holds beyond its buffer.
+const STREAM_CHUNKS: usize = 2;
 
 pub(crate) struct Connection<IO, S> {
     transport: Transport<IO>,
@@ -132,6 +148,10 @@ pub(crate) struct Connection<IO, S> {
     budget: Option<Arc<MemoryBudget>>,
     reservation: Option<Reservation>,
     over_budget: bool,
+    /// The temporary file of a buffered message past the spill threshold.
+    spill: Option<Spill>,
+    /// The handler call of a message in streaming mode.
+    stream: Option<StreamingCall>,
     shutdown: CancellationToken,
     deadline: Instant,
     data_read: usize,
@@ -144,7 +164,7 @@ where
     S: Service<Context> + Send,
     S::Response: IntoDelivery,
     S::Error: Into<BoxError>,
-    S::Future: Send,
+    S::Future: Send + 'static,
 {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -178,6 +198,8 @@ where
             budget,
             reservation: None,
             over_budget: false,
+            spill: None,
+            stream: None,
             shutdown,
             data_read: DATA_READ_MIN,
             closing: CloseReason::PeerGone,
@@ -239,10 +261,21 @@ where
                     return;
                 }
                 self.codec.set_mode(self.session.input_mode());
+                if (self.stream.is_some() || self.spill.is_some()) && !self.session.in_transaction()
+                {
+                    // RSET, EHLO or STARTTLS between BDAT chunks.
+                    self.drop_body(BodyError::Aborted);
+                }
                 if matches!(self.session.input_mode(), InputMode::Command { .. }) {
                     self.deadline = Instant::now() + self.config.command_timeout;
                 }
                 continue;
+            }
+            if self.stream.is_some()
+                || self.spill.is_some()
+                || self.codec.body_len() > self.config.spill_threshold
+            {
+                Box::pin(self.move_body()).await;
             }
             self.account_body();
             // Nothing complete is buffered: the client waits for our replies.
@@ -291,7 +324,8 @@ where
                     DataOutcome::TooLarge => Received::TooLarge,
                     _ if self.over_budget => Received::OverBudget,
                     DataOutcome::BareLineEnding => Received::BareLineEnding,
-                    DataOutcome::Complete => Received::Complete(self.codec.take_body()),
+                    // The body is taken by `deliver`.
+                    DataOutcome::Complete => Received::Complete(bytes::Bytes::new()),
                 };
                 self.end_of_body(&received);
                 self.session.received(received)
@@ -306,32 +340,126 @@ where
                         Received::Complete(bytes::Bytes::new())
                     }
                 };
+                let error = failure(&received);
                 let action = self.session.received(received);
-                match action {
-                    Action::Deliver(mut ctx) => {
-                        ctx.set_message(self.codec.take_body());
-                        Action::Deliver(ctx)
-                    }
-                    other => {
-                        if matches!(&other, Action::Reply(r) if r.code() >= 400) {
-                            self.codec.discard_body();
-                            self.reservation = None;
-                            self.over_budget = false;
-                        }
-                        other
-                    }
+                if matches!(&action, Action::Reply(r) | Action::Close(r) if r.code() >= 400) {
+                    self.codec.discard_body();
+                    self.reservation = None;
+                    self.over_budget = false;
+                    self.drop_body(error.unwrap_or(BodyError::Aborted));
                 }
+                action
             }
         }
     }
 
     /// Frees the budget of a body that is not going to the service.
     fn end_of_body(&mut self, received: &Received) {
-        if !matches!(received, Received::Complete(_)) {
+        if let Some(error) = failure(received) {
             self.codec.discard_body();
             self.reservation = None;
+            self.drop_body(error);
         }
         self.over_budget = false;
+    }
+
+    /// Gives up on the message body in progress: removes its spill file,
+    /// and fails a streaming handler's body with `error`.
+    fn drop_body(&mut self, error: BodyError) {
+        self.spill = None;
+        if let Some(stream) = self.stream.take() {
+            stream.fail(error);
+        }
+    }
+
+    /// Moves the body received so far out of memory: to the streaming
+    /// handler (waiting for it to take it: back-pressure) or to the spill
+    /// file of a message past the threshold.
+    async fn move_body(&mut self) {
+        if let Some(stream) = &mut self.stream {
+            if let Some(error) = self.codec.body_failure() {
+                self.codec.clear_body();
+                self.drop_body(error);
+                return;
+            }
+            let chunk = self.codec.take_chunk();
+            stream.feed(chunk, self.config.data_timeout).await;
+            return;
+        }
+        if self.config.streaming || self.over_budget || self.codec.body_failure().is_some() {
+            // Streaming without a handler (its body failed): drain.
+            self.codec.clear_body();
+            return;
+        }
+        if self.spill.is_none() {
+            match Spill::create(&self.config.spill_dir()) {
+                Ok(spill) => self.spill = Some(spill),
+                Err(e) => return self.spill_failed(e),
+            }
+        }
+        let Some(spill) = &mut self.spill else {
+            return;
+        };
+        match spill.write(self.codec.body()).await {
+            Ok(()) => {
+                self.codec.clear_body();
+                // What is on disk is off the memory budget.
+                self.reservation = None;
+            }
+            Err(e) => self.spill_failed(e),
+        }
+    }
+
+    /// The disk could not take the message: drained, then `452`.
+    fn spill_failed(&mut self, e: std::io::Error) {
+        tracing::warn!(error = %e, "cannot spill message to disk; draining it");
+        self.spill = None;
+        self.over_budget = true;
+        self.codec.discard_body();
+    }
+
+    /// The complete body of a buffered message: the codec's bytes, or the
+    /// spill file with the rest written.
+    async fn take_body(&mut self) -> std::io::Result<Body> {
+        let Some(mut spill) = self.spill.take() else {
+            return Ok(Body::from(self.codec.take_body()));
+        };
+        spill.write(self.codec.body()).await?;
+        self.codec.discard_body();
+        spill.finish().await
+    }
+
+    /// In streaming mode, calls the service as the body starts.
+    async fn start_stream(&mut self) {
+        let streams = match self.session.input_mode() {
+            InputMode::Data { .. } => true,
+            InputMode::Bdat { first, discard, .. } => first && !discard,
+            _ => false,
+        };
+        if !streams || self.stream.is_some() {
+            return;
+        }
+        let Some(mut ctx) = self.session.streaming_context() else {
+            return;
+        };
+        let (sender, body) = crate::body::channel(STREAM_CHUNKS);
+        ctx.set_body(body);
+        let span = tracing::info_span!(
+            "smtp.message",
+            id = %ctx.id(),
+            from = %ctx.reverse_path().map_or("<>", |a| a.as_str()),
+            rcpts = ctx.recipients().len(),
+            streaming = true,
+        );
+        let call = StreamingCall::start(
+            &mut self.service,
+            ctx,
+            sender,
+            self.config.data_timeout,
+            span,
+        )
+        .await;
+        self.stream = Some(call);
     }
 
     /// Keeps the memory budget covering the body buffered so far; past the
@@ -376,6 +504,9 @@ where
                 Action::Receive(r) => {
                     if let Some(r) = r {
                         r.encode(&mut self.write_buf);
+                    }
+                    if self.config.streaming {
+                        Box::pin(self.start_stream()).await;
                     }
                     return Flow::Continue;
                 }
@@ -430,38 +561,61 @@ where
 
     /// Hands the message over and queues the replies; true when a reply
     /// was 421 and the connection must close.
-    async fn deliver(&mut self, ctx: Context) -> bool {
+    async fn deliver(&mut self, mut ctx: Context) -> bool {
         let recipients = ctx.recipients().len();
-        let span = tracing::info_span!(
-            "smtp.message",
-            id = %ctx.id(),
-            from = %ctx.reverse_path().map_or("<>", |a| a.as_str()),
-            rcpts = recipients,
-            size = ctx.size(),
-        );
         let started = Instant::now();
-        let result = call_guarded(&mut self.service, ctx, self.config.data_timeout)
-            .instrument(span.clone())
-            .await;
+        let result = if let Some(stream) = self.stream.take() {
+            let last = self.codec.take_body();
+            stream.finish(last, self.config.data_timeout).await
+        } else {
+            match self.take_body().await {
+                Ok(body) => {
+                    ctx.set_body(body);
+                    self.call_service(ctx).await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot spill message to disk");
+                    Ok(Delivery::All(Reply::new(
+                        452,
+                        (4, 3, 1),
+                        "Insufficient system storage, try again later",
+                    )))
+                }
+            }
+        };
         let delivery = match result {
-            Ok(response) => response.into_delivery(),
+            Ok(delivery) => delivery,
             Err(e) => Delivery::All(error_reply(e)),
         };
         self.reservation = None;
         let replies = self.session.delivered(delivery, recipients);
-        span.in_scope(|| {
-            tracing::debug!(
-                code = replies.first().map_or(0, Reply::code),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "message answered"
-            )
-        });
+        tracing::debug!(
+            code = replies.first().map_or(0, Reply::code),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "message answered"
+        );
         let mut closing = false;
         for r in replies {
             closing |= r.code() == 421;
             r.encode(&mut self.write_buf);
         }
         closing
+    }
+
+    /// Calls the service with a complete (buffered) message.
+    async fn call_service(&mut self, ctx: Context) -> Result<Delivery, BoxError> {
+        let span = tracing::info_span!(
+            "smtp.message",
+            id = %ctx.id(),
+            from = %ctx.reverse_path().map_or("<>", |a| a.as_str()),
+            rcpts = ctx.recipients().len(),
+            size = ctx.size(),
+            spilled = ctx.body().is_spilled(),
+        );
+        call_guarded(&mut self.service, ctx, self.config.data_timeout)
+            .instrument(span)
+            .await
+            .map(IntoDelivery::into_delivery)
     }
 
     async fn start_tls(&mut self) -> Flow {

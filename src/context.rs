@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::body::{Body, BodyReader};
 use crate::email::{Email, ParseError};
 use crate::envelope::{Envelope, Recipient};
 use crate::extensions::Extensions;
@@ -40,12 +41,19 @@ impl fmt::Display for MessageId {
 ///
 /// The message bytes are exactly what the client sent, after dot-unstuffing,
 /// CRLF line endings kept: no header is added and nothing is rewritten.
+///
+/// The message is a [`Body`]: in memory, spilled to a temporary file when
+/// large, or streaming in streaming mode (see [`crate::body`]). The
+/// accessors that return the whole message ([`message`](Self::message),
+/// [`parse`](Self::parse), [`into_message`](Self::into_message)) read a
+/// spilled body into memory on demand and panic on a streaming one; use
+/// [`body`](Self::body) to read any of them chunk by chunk.
 #[derive(Debug, Clone)]
 pub struct Context {
     id: MessageId,
     session: Arc<SessionInfo>,
     envelope: Envelope,
-    message: Bytes,
+    body: Body,
     received_at: SystemTime,
     extensions: Extensions,
 }
@@ -67,7 +75,7 @@ impl Context {
             id: MessageId::new(&session, n),
             session,
             envelope,
-            message,
+            body: Body::from(message),
             received_at: SystemTime::now(),
             extensions: Extensions::new(),
         }
@@ -132,20 +140,52 @@ impl Context {
         self.envelope.mail_params()
     }
 
-    /// The raw message (headers and body), as received.
-    pub fn message(&self) -> &Bytes {
-        &self.message
+    /// A context whose message is `body` (e.g. a spilled or streaming one
+    /// in tests of a handler).
+    pub fn with_body(session: Arc<SessionInfo>, envelope: Envelope, body: Body) -> Self {
+        let mut ctx = Self::new(session, envelope, Bytes::new());
+        ctx.body = body;
+        ctx
     }
 
-    /// The message size in octets.
+    /// The raw message (headers and body), as received, in memory.
+    ///
+    /// Zero-copy for an in-memory body; a spilled body is read from its
+    /// file once, on demand (blocking; [`Body::bytes`] does it without).
+    ///
+    /// # Panics
+    ///
+    /// On a streaming body (see [`Body::as_bytes`]).
+    pub fn message(&self) -> &Bytes {
+        self.body.as_bytes()
+    }
+
+    /// The message, whatever its shape: read it as chunks or as
+    /// `AsyncRead` without loading it.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// Mutable access to the message, e.g. to [`Body::prepend`] a header.
+    pub fn body_mut(&mut self) -> &mut Body {
+        &mut self.body
+    }
+
+    /// Replaces the message body.
+    pub fn set_body(&mut self, body: Body) {
+        self.body = body;
+    }
+
+    /// The message size in octets; 0 for a streaming body, whose size is
+    /// not known before its end.
     pub fn size(&self) -> usize {
-        self.message.len()
+        self.body.len().map_or(0, |n| n as usize)
     }
 
     /// The message as an [`AsyncRead`](tokio::io::AsyncRead), e.g. to stream
-    /// it into a file or an HTTP body. Cheap: the bytes are shared.
-    pub fn reader(&self) -> std::io::Cursor<Bytes> {
-        std::io::Cursor::new(self.message.clone())
+    /// it into a file or an HTTP body, without loading a spilled body.
+    pub fn reader(&self) -> BodyReader {
+        self.body.reader()
     }
 
     /// When the end of the data was received.
@@ -153,7 +193,9 @@ impl Context {
         self.received_at
     }
 
-    /// Parses the message (MIME, headers, bodies, attachments).
+    /// Parses the message (MIME, headers, bodies, attachments). A spilled
+    /// body is read into memory for this; panics on a streaming one (see
+    /// [`Context::message`]).
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -168,7 +210,7 @@ impl Context {
     /// assert_eq!(email.text_body().as_deref(), Some("Hi there\r\n"));
     /// ```
     pub fn parse(&self) -> Result<Email, ParseError> {
-        Email::parse(self.message.clone())
+        Email::parse(self.message().clone())
     }
 
     /// Results left by layers (SPF, DKIM, DMARC, ...).
@@ -181,13 +223,27 @@ impl Context {
         &mut self.extensions
     }
 
-    /// Replaces the message bytes, e.g. for a layer that prepends a header.
+    /// Replaces the message with `message` in memory. To put a header on
+    /// top of any body (spilled ones stay on disk), use
+    /// [`Context::prepend`].
     pub fn set_message(&mut self, message: Bytes) {
-        self.message = message;
+        self.body = Body::from(message);
     }
 
-    /// Takes the message bytes out.
+    /// Puts header fields (complete, each ending in CRLF) on top of the
+    /// message, whatever its shape (see [`Body::prepend`]).
+    pub fn prepend(&mut self, field: &[u8]) {
+        self.body.prepend(field);
+    }
+
+    /// Takes the message bytes out (loading a spilled body; panics on a
+    /// streaming one, like [`Context::message`]).
     pub fn into_message(self) -> Bytes {
-        self.message
+        self.body.as_bytes().clone()
+    }
+
+    /// Takes the message body out.
+    pub fn into_body(self) -> Body {
+        self.body
     }
 }

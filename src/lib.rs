@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod body;
 mod budget;
 pub mod codec;
 mod config;
@@ -69,8 +70,10 @@ pub mod sasl;
 mod server;
 pub mod session;
 pub mod stage;
+mod streaming;
 pub mod tls;
 
+pub use body::{Body, BodyError};
 pub use context::{Context, MessageId};
 pub use envelope::{Envelope, Recipient};
 pub use extensions::{Extensions, SharedExtensions};

@@ -228,6 +228,33 @@ impl Builder {
         self
     }
 
+    /// Messages larger than this are written to a temporary file while they
+    /// arrive instead of being held in memory (default 1 MiB;
+    /// `usize::MAX` keeps every message in memory). Only what is in memory
+    /// counts against [`memory_budget`](Self::memory_budget). See
+    /// [`crate::body`].
+    pub fn spill_threshold(mut self, bytes: usize) -> Self {
+        self.config.spill_threshold = bytes;
+        self
+    }
+
+    /// Where spilled messages go (default [`std::env::temp_dir`]). Files
+    /// are named `.smtpsrv-*` and removed when their message is dropped.
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.spill_dir = Some(dir.into());
+        self
+    }
+
+    /// Streaming mode (default off): the message service is called when
+    /// `DATA` or the first `BDAT` chunk starts, with a body that yields
+    /// chunks as they arrive, the socket read no faster than the service
+    /// consumes. The reply is still sent only after the end of the data
+    /// and once the service has returned. See [`crate::body`].
+    pub fn streaming(mut self, yes: bool) -> Self {
+        self.config.streaming = yes;
+        self
+    }
+
     /// Expects a PROXY protocol v1/v2 header from these peers (and refuses
     /// everyone else), so the real client address is used everywhere.
     pub fn proxy_protocol(mut self, trusted: TrustedProxies) -> Self {

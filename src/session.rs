@@ -564,7 +564,9 @@ impl Session {
         let Some(budget) = &self.budget else {
             return true;
         };
-        let want = declared.map_or(64 * 1024, |s| s.min(self.config.max_message_bytes as u64));
+        // Only what is held in memory counts (past the spill threshold a
+        // message goes to disk).
+        let want = declared.map_or(64 * 1024, |s| s.min(self.config.message_memory() as u64));
         budget.available() as u64 >= want
     }
 
@@ -822,6 +824,23 @@ impl Session {
                 "Insufficient system storage, try again later",
             )),
         }
+    }
+
+    /// The context the transaction in progress will be delivered with, for
+    /// a service called while its body still arrives (streaming mode): same
+    /// id, envelope and extensions as the [`Action::Deliver`] at its end.
+    pub fn streaming_context(&self) -> Option<Context> {
+        let t = self.transaction.as_ref()?;
+        let mut ctx = Context::numbered(
+            self.info.clone(),
+            t.envelope.clone(),
+            Bytes::new(),
+            self.messages + 1,
+        );
+        let mut ext = self.session_extensions.snapshot();
+        ext.extend(t.extensions.snapshot());
+        ctx.set_extensions(ext);
+        Some(ctx)
     }
 
     /// The service's answer for a delivered message: the replies to send

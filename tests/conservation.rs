@@ -91,8 +91,10 @@ impl Store {
         service_fn(move |ctx: Context| {
             let store = store.clone();
             async move {
-                let i = number_of(ctx.message()).ok_or("not one of ours")?;
-                let body = String::from_utf8_lossy(ctx.message());
+                // Read through the body: in streaming mode while it arrives.
+                let message = ctx.body().bytes().await?;
+                let i = number_of(&message).ok_or("not one of ours")?;
+                let body = String::from_utf8_lossy(&message);
                 if body.trim_end() != original(i).trim_end() {
                     store.corrupt.fetch_add(1, Ordering::SeqCst);
                 }
@@ -398,10 +400,28 @@ fn check_books(store: &Store, seen: &[Seen]) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_messages_with_failures_and_retries_are_delivered_exactly_once() {
+    retries_deliver_exactly_once(Server::builder()).await;
+}
+
+/// The same in streaming mode: the handler reads while the data arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_messages_with_failures_and_retries_are_delivered_exactly_once() {
+    retries_deliver_exactly_once(Server::builder().streaming(true)).await;
+}
+
+/// The same with every message past a first read spilled to disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_messages_with_failures_and_retries_are_delivered_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    retries_deliver_exactly_once(Server::builder().spill_threshold(0).spill_dir(dir.path())).await;
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+async fn retries_deliver_exactly_once(builder: smtpsrv::Builder) {
     let _alone = alone().await;
     watch_panics();
     let store = Store::default();
-    let server = TestServer::start_with(Server::builder(), store.clone().handler()).await;
+    let server = TestServer::start_with(builder, store.clone().handler()).await;
     let ledger = Ledger::new();
     let started = Instant::now();
     load(server.addr, &ledger).await;
@@ -427,10 +447,20 @@ async fn thousands_of_messages_with_failures_and_retries_are_delivered_exactly_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_under_load_loses_and_duplicates_nothing() {
+    shutdown_under_load(Server::builder()).await;
+}
+
+/// The same in streaming mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_under_streaming_load_loses_and_duplicates_nothing() {
+    shutdown_under_load(Server::builder().streaming(true)).await;
+}
+
+async fn shutdown_under_load(builder: smtpsrv::Builder) {
     let _alone = alone().await;
     watch_panics();
     let store = Store::default();
-    let mut server = TestServer::start_with(Server::builder(), store.clone().handler()).await;
+    let mut server = TestServer::start_with(builder, store.clone().handler()).await;
     let ledger = Ledger::new();
     let running = tokio::spawn({
         let ledger = ledger.clone();

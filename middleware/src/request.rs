@@ -6,7 +6,7 @@
 //! the defaults say "nothing", so a request type of your own needs only
 //! `impl StageData for MyRequest {}`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use smtpsrv::{
     Authenticate, Connect, Context, Helo, MailFrom, MessageId, RcptTo, Recipient, Stage,
 };
@@ -56,11 +56,8 @@ impl StageData for Context {
     }
 
     fn prepend_header(&mut self, field: &str) -> bool {
-        let old = Context::message(self);
-        let mut new = BytesMut::with_capacity(field.len() + old.len());
-        new.extend_from_slice(field.as_bytes());
-        new.extend_from_slice(old);
-        self.set_message(new.freeze());
+        // Spilled and streaming bodies keep the field apart (no load).
+        Context::prepend(self, field.as_bytes());
         true
     }
 }

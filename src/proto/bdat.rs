@@ -79,6 +79,11 @@ impl BdatReceiver {
         (self.remaining == 0).then_some(self.outcome)
     }
 
+    /// How the chunk will end, known before any of it is read.
+    pub fn outcome(&self) -> BdatOutcome {
+        self.outcome
+    }
+
     /// Octets of the chunk not yet consumed.
     pub fn remaining(&self) -> u64 {
         self.remaining

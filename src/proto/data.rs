@@ -112,6 +112,14 @@ impl DataReceiver {
         self.received
     }
 
+    /// The failure the message will end with, known as soon as it happens
+    /// (the rest is still drained to `CRLF.CRLF`): for a receiver that
+    /// hands the message on while it arrives.
+    pub fn failure(&self) -> Option<DataOutcome> {
+        let outcome = self.outcome();
+        (outcome != DataOutcome::Complete).then_some(outcome)
+    }
+
     fn outcome(&self) -> DataOutcome {
         if self.too_large {
             DataOutcome::TooLarge

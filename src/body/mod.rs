@@ -1,0 +1,453 @@
+//! [`Body`]: the message a handler receives, in memory, on disk, or still
+//! arriving.
+//!
+//! # Three shapes, one API
+//!
+//! - **In memory** (the default for messages up to
+//!   [`Builder::spill_threshold`](crate::Builder::spill_threshold), 1 MiB
+//!   unless changed): the zero-copy [`Bytes`] the connection received.
+//! - **Spilled**: past the threshold the server writes the message to a
+//!   temporary file in [`Builder::spill_dir`](crate::Builder::spill_dir)
+//!   (default [`std::env::temp_dir`]) while it arrives, so a connection
+//!   holds a few hundred KiB whatever the message size. The file is removed
+//!   when the last clone of the body is dropped: after the handler returns,
+//!   on panic (unwinding drops it) and on shutdown. Only a killed process
+//!   leaves files behind; they are named `.smtpsrv-*`.
+//! - **Streaming** (opt in with [`Builder::streaming`](crate::Builder::streaming)):
+//!   the handler is called when `DATA` (or the first `BDAT`) starts, and the
+//!   body yields chunks as they arrive. The socket is not read faster than
+//!   the handler consumes (a bounded channel of a few chunks), so memory per
+//!   connection is bounded by the read size, not the message size.
+//!
+//! Every shape reads the same way: [`Body::chunks`] (a [`Stream`] of
+//! `Bytes`), [`Body::reader`] (an [`AsyncRead`]), or [`Body::bytes`] (the
+//! whole message in memory). [`Body::prepend`] puts a header on top without
+//! touching the disk or the stream. [`Context::message`](crate::Context::message)
+//! and [`Context::parse`](crate::Context::parse) keep working for spilled
+//! bodies: they read the file into memory once, on demand (blocking, a
+//! short read from the page cache; prefer `chunks` in hot paths).
+//!
+//! # Which mode to use
+//!
+//! Buffered (the default, with spilling) suits handlers that need the whole
+//! message before deciding: parsing, DKIM/DMARC/SPF layers, webhooks
+//! (`smtp2http`). Memory stays bounded by the threshold; the handler still
+//! sees a complete message and may read it several times.
+//!
+//! Streaming suits handlers that store or forward bytes as they come: mail
+//! to object storage, Maildir, archives, scanners that hash. The handler
+//! works while the client sends, and nothing is held but the chunk in
+//! flight. Layers that need the whole message ([`Context::message`](crate::Context::message))
+//! do not work on a streaming body; [`Body::buffer`] turns it into an
+//! in-memory or spilled one first if some do.
+//!
+//! # Failures never look like the end
+//!
+//! A streaming body ends (`None`) only after `CRLF.CRLF` or `BDAT LAST`
+//! arrived within every limit. Anything else (the message grew past the
+//! size limit, a bare CR or LF under the default policy, the client went
+//! away, the data timeout, shutdown, `RSET` between `BDAT` chunks) yields a
+//! [`BodyError`] instead. In that case the handler's answer is ignored and
+//! the client gets the same reply as in buffered mode: nothing is ever
+//! acknowledged that was not fully received. A handler that answers before
+//! reading everything has its reply sent once the rest has been drained.
+//!
+//! # Examples
+//!
+//! Stream a message to a file as it arrives (streaming mode):
+//!
+//! ```
+//! use futures_util::StreamExt;
+//! use smtpsrv::{BoxError, Context, Reply};
+//! use tokio::io::AsyncWriteExt;
+//!
+//! async fn store(ctx: Context, dir: std::path::PathBuf) -> Result<Reply, BoxError> {
+//!     let path = dir.join(ctx.id().as_str());
+//!     let mut file = tokio::fs::File::create(&path).await?;
+//!     let mut chunks = ctx.body().chunks();
+//!     while let Some(chunk) = chunks.next().await {
+//!         match chunk {
+//!             Ok(chunk) => file.write_all(&chunk).await?,
+//!             Err(e) => {
+//!                 // Not the end: the message failed; never keep it.
+//!                 drop(file);
+//!                 tokio::fs::remove_file(&path).await?;
+//!                 return Err(e.into());
+//!             }
+//!         }
+//!     }
+//!     file.sync_all().await?;
+//!     Ok(Reply::ok())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! # let dir = tempfile::tempdir()?;
+//! # let session = std::sync::Arc::new(smtpsrv::SessionInfo::new(
+//! #     "192.0.2.1:5000".parse()?, "127.0.0.1:25".parse()?));
+//! # let ctx = Context::new(session, smtpsrv::Envelope::default(), "Subject: x\r\n\r\nhi\r\n".into());
+//! # let id = ctx.id().clone();
+//! assert_eq!(store(ctx, dir.path().into()).await?.code(), 250);
+//! # assert_eq!(std::fs::read(dir.path().join(id.as_str()))?, b"Subject: x\r\n\r\nhi\r\n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Hash a message while it arrives, through the [`AsyncRead`] side (any
+//! mode; in streaming mode the hash is ready when the last chunk is):
+//!
+//! ```
+//! use ring::digest::{Context as Digest, SHA256};
+//! use smtpsrv::{BoxError, Context};
+//! use tokio::io::AsyncReadExt;
+//!
+//! async fn digest(ctx: Context) -> Result<Vec<u8>, BoxError> {
+//!     let mut reader = ctx.body().reader();
+//!     let mut hasher = Digest::new(&SHA256);
+//!     let mut buf = vec![0; 64 * 1024];
+//!     loop {
+//!         // An incomplete message is an error here, never a short read.
+//!         let n = reader.read(&mut buf).await?;
+//!         if n == 0 {
+//!             break;
+//!         }
+//!         hasher.update(&buf[..n]);
+//!     }
+//!     Ok(hasher.finish().as_ref().to_vec())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! # let session = std::sync::Arc::new(smtpsrv::SessionInfo::new(
+//! #     "192.0.2.1:5000".parse()?, "127.0.0.1:25".parse()?));
+//! let ctx = Context::new(session, smtpsrv::Envelope::default(), "hi\r\n".into());
+//! let expected = ring::digest::digest(&SHA256, b"hi\r\n");
+//! assert_eq!(digest(ctx).await?, expected.as_ref());
+//! # Ok(())
+//! # }
+//! ```
+
+mod channel;
+mod spill;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+pub(crate) use channel::{BodySender, channel};
+pub(crate) use spill::Spill;
+
+/// Why a message body could not be read to its end. The message was not
+/// accepted: the client gets the same failure reply as without streaming.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The message grew past the size limit (`552 5.3.4`).
+    #[error("message larger than the size limit")]
+    TooLarge,
+    /// A bare CR or LF under the rejecting policy (`550 5.5.2`).
+    #[error("bare CR or LF in the message")]
+    BareLineEnding,
+    /// The server could not hold the message (memory budget or disk).
+    #[error("insufficient storage for the message")]
+    Storage,
+    /// The transfer stopped before its end: client gone, data timeout,
+    /// shutdown, or the transaction was reset between `BDAT` chunks.
+    #[error("message transfer aborted before its end")]
+    Aborted,
+    /// A streaming body is read once; another reader already took it.
+    #[error("the streaming body was already taken by another reader")]
+    AlreadyTaken,
+    /// Reading a spilled body from its temporary file failed.
+    #[error("reading the spilled message: {0}")]
+    Io(Arc<io::Error>),
+}
+
+impl From<BodyError> for io::Error {
+    fn from(e: BodyError) -> io::Error {
+        match e {
+            BodyError::Io(inner) => io::Error::new(inner.kind(), BodyError::Io(inner)),
+            other => io::Error::other(other),
+        }
+    }
+}
+
+/// A message body: in memory, spilled to a temporary file, or streaming.
+/// Cheap to clone (shared); see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Body {
+    /// Header fields put on top with [`Body::prepend`] (spilled and
+    /// streaming bodies; an in-memory body is rewritten instead).
+    prefix: Bytes,
+    content: Content,
+    /// A spilled body read into memory by [`Body::as_bytes`].
+    loaded: OnceLock<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+enum Content {
+    Memory(Bytes),
+    Spilled(Arc<SpillFile>),
+    Streaming(Arc<Mutex<Option<channel::BodyReceiver>>>),
+}
+
+/// A complete spilled message; the file goes when the last clone does.
+#[derive(Debug)]
+pub(crate) struct SpillFile {
+    path: tempfile::TempPath,
+    len: u64,
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::from(Bytes::new())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body {
+            prefix: Bytes::new(),
+            content: Content::Memory(bytes),
+            loaded: OnceLock::new(),
+        }
+    }
+}
+
+impl Body {
+    fn with_content(content: Content) -> Self {
+        Body {
+            prefix: Bytes::new(),
+            content,
+            loaded: OnceLock::new(),
+        }
+    }
+
+    /// The size in octets; `None` for a streaming body (not known before
+    /// its end).
+    pub fn len(&self) -> Option<u64> {
+        let content = match &self.content {
+            Content::Memory(b) => b.len() as u64,
+            Content::Spilled(f) => f.len,
+            Content::Streaming(_) => return None,
+        };
+        Some(self.prefix.len() as u64 + content)
+    }
+
+    /// Whether the body is known to be empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// Whether the body lives in a temporary file.
+    pub fn is_spilled(&self) -> bool {
+        matches!(self.content, Content::Spilled(_))
+    }
+
+    /// Whether the body is still arriving (streaming mode).
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.content, Content::Streaming(_))
+    }
+
+    /// The in-memory bytes, if the body is in memory (no load, no copy).
+    pub fn in_memory(&self) -> Option<&Bytes> {
+        match &self.content {
+            Content::Memory(b) => Some(b),
+            _ => self.loaded.get(),
+        }
+    }
+
+    /// The whole message in memory. An in-memory body is returned as is;
+    /// a spilled one is read from its file (once; the result is kept).
+    ///
+    /// # Panics
+    ///
+    /// On a streaming body, which cannot be had whole without waiting: use
+    /// [`Body::bytes`] or [`Body::buffer`] there. Also when the temporary
+    /// file cannot be read (removed from under the server). Both are bugs,
+    /// not bad input; a panicking handler is answered `451` and the client
+    /// retries, so no mail is lost.
+    pub fn as_bytes(&self) -> &Bytes {
+        match &self.content {
+            Content::Memory(b) => b,
+            Content::Spilled(file) => self.loaded.get_or_init(|| {
+                let content = std::fs::read(&file.path)
+                    .unwrap_or_else(|e| panic!("reading the spilled message: {e}"));
+                concat(&self.prefix, &content)
+            }),
+            Content::Streaming(_) => panic!(
+                "a streaming body cannot be read whole synchronously: read Body::chunks or \
+                 Body::reader, or call Body::buffer first"
+            ),
+        }
+    }
+
+    /// The whole message in memory, without blocking: reads a spilled file
+    /// asynchronously and collects a streaming body.
+    pub async fn bytes(&self) -> Result<Bytes, BodyError> {
+        if let Some(b) = self.in_memory() {
+            return Ok(b.clone());
+        }
+        let mut out = BytesMut::with_capacity(self.len().unwrap_or(0) as usize);
+        let mut chunks = self.chunks();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads a streaming body to its end and keeps it in memory, so that
+    /// [`Body::as_bytes`] (and `Context::message`/`parse`) work; other bodies
+    /// are left as they are. The memory is not counted by the server's
+    /// budget: only for messages known to be small.
+    pub async fn buffer(&mut self) -> Result<(), BodyError> {
+        if self.is_streaming() {
+            *self = Body::from(self.bytes().await?);
+        }
+        Ok(())
+    }
+
+    /// Puts `field` (one or more complete header fields, each ending in
+    /// CRLF) on top of the message. An in-memory body is rewritten; a
+    /// spilled or streaming one keeps it apart and yields it first.
+    pub fn prepend(&mut self, field: &[u8]) {
+        match &self.content {
+            Content::Memory(b) => *self = Body::from(concat(field, b)),
+            _ => {
+                self.prefix = concat(field, &self.prefix);
+                if let Some(loaded) = self.loaded.take() {
+                    let _ = self.loaded.set(concat(field, &loaded));
+                }
+            }
+        }
+    }
+
+    /// The body as a stream of chunks. A streaming body can be read this
+    /// way once (its clones share it); a later reader gets
+    /// [`BodyError::AlreadyTaken`]. Ends with `None` only after the whole
+    /// message; a failed transfer yields a [`BodyError`] instead.
+    pub fn chunks(&self) -> Chunks {
+        let prefix = (!self.prefix.is_empty()).then(|| self.prefix.clone());
+        let source = match &self.content {
+            Content::Memory(b) => Source::Memory(Some(b.clone())),
+            Content::Spilled(_) if self.loaded.get().is_some() => {
+                return Chunks {
+                    prefix: None,
+                    source: Source::Memory(self.loaded.get().cloned()),
+                };
+            }
+            Content::Spilled(file) => match std::fs::File::open(&file.path) {
+                Ok(f) => Source::File {
+                    _keep: file.clone(),
+                    stream: ReaderStream::with_capacity(tokio::fs::File::from_std(f), CHUNK),
+                },
+                Err(e) => Source::Failed(Some(BodyError::Io(Arc::new(e)))),
+            },
+            Content::Streaming(shared) => match shared.lock().map(|mut g| g.take()) {
+                Ok(Some(rx)) => Source::Stream(rx),
+                _ => Source::Failed(Some(BodyError::AlreadyTaken)),
+            },
+        };
+        Chunks { prefix, source }
+    }
+
+    /// The body as an [`AsyncRead`] (and [`AsyncBufRead`]); a failed
+    /// transfer is an `io::Error` wrapping the [`BodyError`], never a short
+    /// read. Same single-reader rule as [`Body::chunks`].
+    pub fn reader(&self) -> BodyReader {
+        BodyReader(StreamReader::new(self.chunks()))
+    }
+
+    pub(crate) fn spilled(path: tempfile::TempPath, len: u64) -> Self {
+        Body::with_content(Content::Spilled(Arc::new(SpillFile { path, len })))
+    }
+
+    pub(crate) fn streaming(rx: channel::BodyReceiver) -> Self {
+        Body::with_content(Content::Streaming(Arc::new(Mutex::new(Some(rx)))))
+    }
+}
+
+/// Chunks read from a spilled file.
+const CHUNK: usize = 64 * 1024;
+
+fn concat(a: &[u8], b: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(a.len() + b.len());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    out.freeze()
+}
+
+/// A [`Body`] as a [`Stream`] of chunks; from [`Body::chunks`].
+pub struct Chunks {
+    prefix: Option<Bytes>,
+    source: Source,
+}
+
+enum Source {
+    Memory(Option<Bytes>),
+    File {
+        /// Keeps the file from being removed while it is read.
+        _keep: Arc<SpillFile>,
+        stream: ReaderStream<tokio::fs::File>,
+    },
+    Stream(channel::BodyReceiver),
+    Failed(Option<BodyError>),
+}
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunks").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Chunks {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(prefix)));
+        }
+        match &mut this.source {
+            Source::Memory(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(Ok)),
+            Source::File { stream, .. } => Pin::new(stream)
+                .poll_next(cx)
+                .map(|r| r.map(|r| r.map_err(|e| BodyError::Io(Arc::new(e))))),
+            Source::Stream(rx) => rx.poll_chunk(cx),
+            Source::Failed(e) => Poll::Ready(e.take().map(Err)),
+        }
+    }
+}
+
+/// A [`Body`] as an [`AsyncRead`]; from [`Body::reader`].
+#[derive(Debug)]
+pub struct BodyReader(StreamReader<Chunks, Bytes>);
+
+impl AsyncRead for BodyReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncBufRead for BodyReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().0).poll_fill_buf(cx)
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.get_mut().0).consume(amt)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,573 @@
+//! Spilled and streaming message bodies over real sockets on 127.0.0.1.
+//!
+//! Every protocol test runs in both modes: buffered with a small spill
+//! threshold (so large messages go through the temporary file) and
+//! streaming (the handler reads the body while it arrives). The handler
+//! here records what it read: the bytes of a complete message, or the
+//! error its body yielded. A test's spill directory is its own and must be
+//! empty when its messages are gone.
+
+mod support;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use smtpsrv::tower::service_fn;
+use smtpsrv::{BoxError, Builder, Context, Reply, Server};
+use support::{Client, Pki, TestServer, within};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The memory test runs alone; the others beside each other.
+static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Buffered,
+    Streaming,
+}
+
+const MODES: [Mode; 2] = [Mode::Buffered, Mode::Streaming];
+
+/// What the handler saw of one message.
+#[derive(Debug, Clone)]
+struct Seen {
+    result: Result<Vec<u8>, String>,
+    spilled: bool,
+    streaming: bool,
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Seen>>>);
+
+impl Log {
+    fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn push(&self, seen: Seen) {
+        self.0.lock().unwrap().push(seen);
+    }
+
+    /// Waits (bounded) until `n` messages were seen: a streaming handler
+    /// may still be finishing when the client has its reply.
+    async fn wait_for(&self, n: usize) -> Vec<Seen> {
+        within(async {
+            loop {
+                let all = self.all();
+                if all.len() >= n {
+                    return all;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+}
+
+/// Reads the whole body chunk by chunk; 250 for a complete one.
+async fn read_all(ctx: Context, log: Log) -> Result<Reply, BoxError> {
+    let spilled = ctx.body().is_spilled();
+    let streaming = ctx.body().is_streaming();
+    let mut chunks = ctx.body().chunks();
+    let mut got = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) => got.extend_from_slice(&chunk),
+            Err(e) => {
+                log.push(Seen {
+                    result: Err(format!("{e:?}")),
+                    spilled,
+                    streaming,
+                });
+                return Err(e.into());
+            }
+        }
+    }
+    log.push(Seen {
+        result: Ok(got),
+        spilled,
+        streaming,
+    });
+    Ok(Reply::ok())
+}
+
+struct Setup {
+    server: TestServer,
+    log: Log,
+    spill_dir: tempfile::TempDir,
+}
+
+fn builder(mode: Mode, spill_dir: &Path) -> Builder {
+    Server::builder()
+        .hostname("mx.test")
+        .spill_threshold(64 * 1024)
+        .spill_dir(spill_dir)
+        .streaming(mode == Mode::Streaming)
+}
+
+async fn start(mode: Mode, configure: impl FnOnce(Builder) -> Builder) -> Setup {
+    start_counting(mode, configure, false).await
+}
+
+/// With `count_only`, the handler keeps no bytes (for huge messages).
+async fn start_counting(
+    mode: Mode,
+    configure: impl FnOnce(Builder) -> Builder,
+    count_only: bool,
+) -> Setup {
+    let spill_dir = tempfile::tempdir().unwrap();
+    let log = Log::default();
+    let handler_log = log.clone();
+    let service = service_fn(move |ctx: Context| {
+        let log = handler_log.clone();
+        async move {
+            if !count_only {
+                return read_all(ctx, log).await;
+            }
+            let mut chunks = ctx.body().chunks();
+            let mut n = 0;
+            while let Some(chunk) = chunks.next().await {
+                match chunk {
+                    Ok(c) => n += c.len(),
+                    Err(e) => {
+                        log.push(Seen {
+                            result: Err(format!("{e:?}")),
+                            spilled: false,
+                            streaming: true,
+                        });
+                        return Err(e.into());
+                    }
+                }
+            }
+            log.push(Seen {
+                result: Ok(n.to_string().into_bytes()),
+                spilled: ctx.body().is_spilled(),
+                streaming: ctx.body().is_streaming(),
+            });
+            Ok(Reply::ok())
+        }
+    });
+    let server = TestServer::start(configure(builder(mode, spill_dir.path())), service).await;
+    Setup {
+        server,
+        log,
+        spill_dir,
+    }
+}
+
+impl Setup {
+    /// The spill directory is empty once no message is in flight.
+    async fn assert_no_temp_files(&self) {
+        within(async {
+            loop {
+                let n = std::fs::read_dir(self.spill_dir.path()).unwrap().count();
+                if n == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>) {
+    c.ehlo().await;
+    c.cmd("MAIL FROM:<ann@example.org>").await.expect(250, "");
+    c.cmd("RCPT TO:<bob@example.net>").await.expect(250, "");
+}
+
+/// A message of `len` octets: header, then lines of varied printable text,
+/// some starting with a dot.
+fn message(len: usize, seed: u8) -> Vec<u8> {
+    let mut m = format!("Subject: test {seed}\r\n\r\n").into_bytes();
+    let mut i = 0usize;
+    while m.len() < len {
+        let line_len = 1 + (i * 37 + seed as usize) % 120;
+        if i.is_multiple_of(7) {
+            m.push(b'.');
+        }
+        m.extend((0..line_len).map(|j| b'a' + ((i + j) % 26) as u8));
+        m.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    m
+}
+
+fn dot_stuff(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() + m.len() / 50 + 5);
+    let mut line_start = true;
+    for &b in m {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Sends `wire` in pieces (the server reads while we write).
+async fn send_pieces<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>, wire: &[u8]) {
+    for piece in wire.chunks(1 << 20) {
+        c.send(piece).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_arrive_byte_exact_in_memory_spilled_and_streaming() {
+    let _shared = SERIAL.read().await;
+    for mode in MODES {
+        let s = start(mode, |b| b).await;
+        let mut c = s.server.connect().await;
+        let sizes = [10, 60 * 1024, 70 * 1024, 3 * 1024 * 1024 + 17];
+        for (n, &size) in sizes.iter().enumerate() {
+            session(&mut c).await;
+            c.cmd("DATA").await.expect(354, "");
+            let m = message(size, n as u8);
+            send_pieces(&mut c, &dot_stuff(&m)).await;
+            c.reply().await.expect(250, "2.0.0");
+            let seen = s.log.wait_for(n + 1).await;
+            let last = seen.last().unwrap();
+            assert_eq!(last.result.as_deref(), Ok(&m[..]), "{mode:?} size {size}");
+            assert_eq!(last.streaming, mode == Mode::Streaming);
+            // A message that arrives in one read may stay in memory a
+            // little past the threshold; a large one is always spilled.
+            if m.len() > 1024 * 1024 || mode == Mode::Streaming || m.len() <= 64 * 1024 {
+                assert_eq!(last.spilled, mode == Mode::Buffered && m.len() > 64 * 1024);
+            }
+        }
+        c.cmd("QUIT").await.expect(221, "");
+        s.assert_no_temp_files().await;
+    }
+}
+
+#[tokio::test]
+async fn bdat_chunks_arrive_byte_exact_and_rset_between_chunks_aborts() {
+    let _shared = SERIAL.read().await;
+    for mode in MODES {
+        let s = start(mode, |b| b).await;
+        let mut c = s.server.connect().await;
+        session(&mut c).await;
+        let m = message(300 * 1024, 3);
+        let (a, b) = m.split_at(100 * 1024);
+        c.send(format!("BDAT {}\r\n", a.len())).await;
+        c.send(a).await;
+        c.reply().await.expect(250, "");
+        c.send(format!("BDAT {} LAST\r\n", b.len())).await;
+        c.send(b).await;
+        c.reply().await.expect(250, "2.0.0");
+        let seen = s.log.wait_for(1).await;
+        assert_eq!(seen[0].result.as_deref(), Ok(&m[..]), "{mode:?}");
+
+        // RSET after a first chunk: never a message.
+        session(&mut c).await;
+        c.send(format!("BDAT {}\r\n", a.len())).await;
+        c.send(a).await;
+        c.reply().await.expect(250, "");
+        c.cmd("RSET").await.expect(250, "");
+        c.cmd("NOOP").await.expect(250, "");
+        if mode == Mode::Streaming {
+            let seen = s.log.wait_for(2).await;
+            assert_eq!(seen[1].result, Err("Aborted".into()));
+        } else {
+            assert_eq!(s.log.all().len(), 1);
+        }
+        c.cmd("QUIT").await.expect(221, "");
+        s.assert_no_temp_files().await;
+    }
+}
+
+/// Bare line endings that some receivers take as the end of the data.
+const SMUGGLING_SEPARATORS: &[&str] = &["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r", "\r.\r\n"];
+
+#[tokio::test]
+async fn smuggling_is_rejected_whole_in_both_modes() {
+    let _shared = SERIAL.read().await;
+    for mode in MODES {
+        let s = start(mode, |b| b).await;
+        for sep in SMUGGLING_SEPARATORS {
+            let mut c = s.server.connect().await;
+            session(&mut c).await;
+            c.cmd("DATA").await.expect(354, "");
+            // Past the spill threshold before the separator, so the spilled
+            // and streamed paths are the ones that see it.
+            let mut wire = message(100 * 1024, 1);
+            wire.extend_from_slice(
+                format!(
+                    "hello{sep}MAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\n\
+                     Subject: smuggled\r\n\r\nevil\r\n.\r\nQUIT\r\n"
+                )
+                .as_bytes(),
+            );
+            c.send(&wire).await;
+            c.reply().await.expect(550, "5.5.2");
+            c.reply().await.expect(221, "");
+        }
+        if mode == Mode::Streaming {
+            let seen = s.log.wait_for(SMUGGLING_SEPARATORS.len()).await;
+            assert!(
+                seen.iter()
+                    .all(|s| s.result == Err("BareLineEnding".into())),
+                "{seen:?}"
+            );
+        } else {
+            assert!(s.log.all().is_empty());
+        }
+        s.assert_no_temp_files().await;
+    }
+}
+
+#[tokio::test]
+async fn oversize_messages_are_drained_with_552_and_the_session_stays_in_sync() {
+    let _shared = SERIAL.read().await;
+    for mode in MODES {
+        let s = start(mode, |b| b.max_message_bytes(256 * 1024)).await;
+        let mut c = s.server.connect().await;
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        let big = message(1024 * 1024, 2);
+        send_pieces(&mut c, &dot_stuff(&big)).await;
+        c.reply().await.expect(552, "5.3.4");
+        // BDAT over the limit too.
+        session(&mut c).await;
+        c.send(format!("BDAT {} LAST\r\n", big.len())).await;
+        send_pieces(&mut c, &big).await;
+        c.reply().await.expect(552, "5.3.4");
+        // The next message in the same session goes through.
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        let small = message(1000, 3);
+        c.send(dot_stuff(&small)).await;
+        c.reply().await.expect(250, "");
+        let seen = s
+            .log
+            .wait_for(if mode == Mode::Streaming { 3 } else { 1 })
+            .await;
+        assert_eq!(seen.last().unwrap().result.as_deref(), Ok(&small[..]));
+        if mode == Mode::Streaming {
+            assert_eq!(seen[0].result, Err("TooLarge".into()));
+            assert_eq!(seen[1].result, Err("TooLarge".into()));
+        }
+        c.cmd("QUIT").await.expect(221, "");
+        s.assert_no_temp_files().await;
+    }
+}
+
+#[tokio::test]
+async fn starttls_then_a_large_message_in_both_modes() {
+    let _shared = SERIAL.read().await;
+    let pki = Pki::new();
+    for mode in MODES {
+        let s = start(mode, |b| b.tls(pki.server_tls())).await;
+        let mut plain = s.server.connect().await;
+        plain.ehlo().await;
+        let mut c = plain.starttls(&pki).await;
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        let m = message(2 * 1024 * 1024, 4);
+        send_pieces(&mut c, &dot_stuff(&m)).await;
+        c.reply().await.expect(250, "");
+        let seen = s.log.wait_for(1).await;
+        assert_eq!(seen[0].result.as_deref(), Ok(&m[..]), "{mode:?}");
+        c.cmd("QUIT").await.expect(221, "");
+        s.assert_no_temp_files().await;
+    }
+}
+
+/// A 200 MiB message against a 64 MiB limit: drained to its end, 552, the
+/// next command answered in order, nothing on disk, memory not grown by
+/// anything like the message.
+#[tokio::test]
+async fn a_200_mib_message_over_a_64_mib_limit_is_drained_with_552() {
+    let _alone = SERIAL.write().await;
+    for mode in MODES {
+        let s = start_counting(mode, |b| b.max_message_bytes(64 * 1024 * 1024), true).await;
+        let mut c = s.server.connect().await;
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        let before = rss_kib();
+        let line = [b'x'; 1022];
+        let mut piece = Vec::with_capacity(1 << 20);
+        while piece.len() < (1 << 20) {
+            piece.extend_from_slice(&line);
+            piece.extend_from_slice(b"\r\n");
+        }
+        let mut peak = 0;
+        for i in 0..200 {
+            c.send(&piece).await;
+            if i % 20 == 0 {
+                let spill: u64 = std::fs::read_dir(s.spill_dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().metadata().unwrap().len())
+                    .sum();
+                assert!(spill <= 65 * 1024 * 1024, "spill file at {spill} octets");
+                peak = peak.max(rss_kib());
+            }
+        }
+        c.send(b".\r\n").await;
+        c.reply().await.expect(552, "5.3.4");
+        c.cmd("NOOP").await.expect(250, "");
+        if mode == Mode::Streaming {
+            let seen = s.log.wait_for(1).await;
+            assert_eq!(seen[0].result, Err("TooLarge".into()));
+        } else {
+            assert!(s.log.all().is_empty());
+        }
+        // The test's own piece is 1 MiB; the server may hold the spill
+        // threshold, a few reads and chunks in flight. Other tests of this
+        // binary run beside it, so the bound is loose but far below 64 MiB.
+        let grown = peak.saturating_sub(before);
+        assert!(grown < 48 * 1024, "{mode:?}: RSS grew by {grown} KiB");
+        c.cmd("QUIT").await.expect(221, "");
+        s.assert_no_temp_files().await;
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A streaming handler that answers before reading (here: a refusal) gets
+/// its reply sent only after the rest of the message was drained; the
+/// session goes on in sync.
+#[tokio::test]
+async fn an_early_answer_is_sent_after_the_message_is_drained() {
+    let _shared = SERIAL.read().await;
+    let spill_dir = tempfile::tempdir().unwrap();
+    let service = service_fn(|ctx: Context| async move {
+        drop(ctx);
+        Err::<Reply, BoxError>(Box::new(Reply::new(550, (5, 7, 1), "Not for you")))
+    });
+    let server = TestServer::start(builder(Mode::Streaming, spill_dir.path()), service).await;
+    let mut c = server.connect().await;
+    session(&mut c).await;
+    c.cmd("DATA").await.expect(354, "");
+    let m = dot_stuff(&message(2 * 1024 * 1024, 5));
+    let (head, tail) = m.split_at(m.len() / 2);
+    send_pieces(&mut c, head).await;
+    c.assert_silent(Duration::from_millis(300)).await;
+    send_pieces(&mut c, tail).await;
+    c.reply().await.expect(550, "5.7.1");
+    c.cmd("NOOP").await.expect(250, "");
+    c.cmd("QUIT").await.expect(221, "");
+}
+
+/// The socket is not read faster than the handler consumes: while the
+/// handler waits, the client's writes stall; once it reads, all arrives.
+#[tokio::test]
+async fn a_slow_streaming_handler_holds_the_client_back() {
+    let _shared = SERIAL.read().await;
+    let spill_dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let log = Log::default();
+    let (g, l) = (gate.clone(), log.clone());
+    let service = service_fn(move |ctx: Context| {
+        let (g, l) = (g.clone(), l.clone());
+        async move {
+            let _permit = g.acquire().await?;
+            read_all(ctx, l).await
+        }
+    });
+    let server = TestServer::start(builder(Mode::Streaming, spill_dir.path()), service).await;
+    let mut c = server.connect().await;
+    session(&mut c).await;
+    c.cmd("DATA").await.expect(354, "");
+    let m = message(20 * 1024 * 1024, 6);
+    let wire = dot_stuff(&m);
+    let mut c = c;
+    let writer = tokio::spawn(async move {
+        for piece in wire.chunks(1 << 20) {
+            c.send(piece).await;
+        }
+        c
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !writer.is_finished(),
+        "20 MiB were taken while the handler read nothing"
+    );
+    gate.add_permits(1);
+    let mut c = tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the handler reads: the client gets through")
+        .unwrap();
+    c.reply().await.expect(250, "");
+    let seen = log.wait_for(1).await;
+    assert_eq!(seen[0].result.as_deref(), Ok(&m[..]));
+    c.cmd("QUIT").await.expect(221, "");
+}
+
+/// A client that goes away mid-message: a streaming handler's body ends in
+/// an error (never a clean end), a spill file is removed.
+#[tokio::test]
+async fn a_client_gone_mid_message_is_an_error_and_leaves_no_file() {
+    let _shared = SERIAL.read().await;
+    for mode in MODES {
+        let s = start(mode, |b| b).await;
+        let mut c = s.server.connect().await;
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        send_pieces(&mut c, &message(1024 * 1024, 7)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(c);
+        if mode == Mode::Streaming {
+            let seen = s.log.wait_for(1).await;
+            assert_eq!(seen[0].result, Err("Aborted".into()));
+        }
+        s.assert_no_temp_files().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(s.log.all().iter().all(|s| s.result.is_err()));
+    }
+}
+
+/// Whether spilled, the bytes read, the parsed subject.
+type SpilledSeen = (bool, Vec<u8>, Option<String>);
+
+/// The buffered handler sees a complete spilled body that layers can still
+/// rewrite (prepend) and parse.
+#[tokio::test]
+async fn a_spilled_body_can_be_prepended_to_and_parsed() {
+    let _shared = SERIAL.read().await;
+    let spill_dir = tempfile::tempdir().unwrap();
+    let out: Arc<Mutex<Option<SpilledSeen>>> = Arc::default();
+    let o = out.clone();
+    let service = service_fn(move |mut ctx: Context| {
+        let o = o.clone();
+        async move {
+            ctx.prepend(b"X-Seen: yes\r\n");
+            let subject = ctx.parse()?.subject().map(str::to_owned);
+            let bytes = ctx.body().bytes().await?;
+            *o.lock().unwrap() = Some((ctx.body().is_spilled(), bytes.to_vec(), subject));
+            Ok::<_, BoxError>(())
+        }
+    });
+    let server = TestServer::start(builder(Mode::Buffered, spill_dir.path()), service).await;
+    let mut c = server.connect().await;
+    session(&mut c).await;
+    c.cmd("DATA").await.expect(354, "");
+    let m = message(500 * 1024, 9);
+    c.send(dot_stuff(&m)).await;
+    c.reply().await.expect(250, "");
+    let (spilled, bytes, subject) = out.lock().unwrap().clone().unwrap();
+    assert!(spilled);
+    assert_eq!(&bytes[..13], b"X-Seen: yes\r\n");
+    assert_eq!(&bytes[13..], &m[..]);
+    assert_eq!(subject.as_deref(), Some("test 9"));
+    c.cmd("QUIT").await.expect(221, "");
+    within(async {
+        while std::fs::read_dir(spill_dir.path()).unwrap().count() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
