@@ -425,7 +425,8 @@ async fn a_rcpt_hook_alone_shares_one_map_per_transaction() {
         req.insert_extension(ConnectTag(9));
         Ok::<_, BoxError>(())
     });
-    let rcpt_saw: Arc<Mutex<Vec<(Option<ConnectTag>, Option<Seen>)>>> = Arc::default();
+    type Sightings = Vec<(Option<ConnectTag>, Option<Seen>)>;
+    let rcpt_saw: Arc<Mutex<Sightings>> = Arc::default();
     let rcpt_saw2 = rcpt_saw.clone();
     let on_rcpt = service_fn(move |mut req: RcptTo| {
         let before = req.extension::<Seen>();
