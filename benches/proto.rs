@@ -1,11 +1,15 @@
 //! Micro-benchmarks of the hot paths: command parsing, DATA decoding with
-//! dot-unstuffing, and reply encoding. `cargo bench --bench proto`.
+//! dot-unstuffing, reply encoding, and one whole transaction through the
+//! codec and the session. `cargo bench --bench proto`.
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use smtpsrv::proto::{Command, DataReceiver, LineEndings, Reply};
+
+#[path = "support/transaction.rs"]
+mod transaction;
 
 fn commands(c: &mut Criterion) {
     let mut g = c.benchmark_group("command_parse");
@@ -99,5 +103,19 @@ fn replies(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, commands, data, replies);
+/// `smtp-source -d`'s transaction (MAIL, RCPT, DATA, a 10 KiB body, each
+/// in a read of its own) through codec and session, replies encoded: what a
+/// message costs us before the socket and the handler.
+fn transactions(c: &mut Criterion) {
+    let t = transaction::Transaction::new(10 * 1024);
+    let mut wire = transaction::Wire::new();
+    let mut g = c.benchmark_group("transaction");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("smtp_source_10KiB", |b| {
+        b.iter(|| black_box(wire.transaction(black_box(&t))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, commands, data, replies, transactions);
 criterion_main!(benches);

@@ -444,7 +444,10 @@ where
         };
         let (sender, body) = crate::body::channel(STREAM_CHUNKS);
         ctx.set_body(body);
-        let span = tracing::info_span!(
+        // Debug level: a span per message costs more than the rest of the
+        // session's work when a subscriber formats it (allocations, fmt);
+        // `smtpsrv_middleware::trace` gives info-level spans to those who want them.
+        let span = tracing::debug_span!(
             "smtp.message",
             id = %ctx.id(),
             from = %ctx.reverse_path().map_or("<>", |a| a.as_str()),
@@ -604,7 +607,10 @@ where
 
     /// Calls the service with a complete (buffered) message.
     async fn call_service(&mut self, ctx: Context) -> Result<Delivery, BoxError> {
-        let span = tracing::info_span!(
+        // Debug level: a span per message costs more than the rest of the
+        // session's work when a subscriber formats it (allocations, fmt);
+        // `smtpsrv_middleware::trace` gives info-level spans to those who want them.
+        let span = tracing::debug_span!(
             "smtp.message",
             id = %ctx.id(),
             from = %ctx.reverse_path().map_or("<>", |a| a.as_str()),
@@ -672,23 +678,47 @@ where
 
     async fn flush(&mut self) -> Result<(), ()> {
         observe::report_replies(&self.config.observer, &self.write_buf);
-        let write = async {
-            self.transport.write_all(&self.write_buf).await?;
-            self.transport.flush().await
+        // Fast path: the socket takes the replies at once (the usual case),
+        // so no timer (and no clock read) is needed.
+        let written = std::future::poll_fn(|cx| {
+            Poll::Ready(
+                match Pin::new(&mut self.transport).poll_write(cx, &self.write_buf) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => None,
+                },
+            )
+        })
+        .await;
+        let result = match written {
+            Some(Err(_)) => Err(()),
+            // A TLS stream may still hold records: it needs its flush.
+            Some(Ok(n))
+                if n == self.write_buf.len() && matches!(self.transport, Transport::Plain(_)) =>
+            {
+                Ok(())
+            }
+            written => {
+                let rest = &self.write_buf[written.map_or(0, |w| w.unwrap_or(0))..];
+                let transport = &mut self.transport;
+                let write = async {
+                    transport.write_all(rest).await?;
+                    transport.flush().await
+                };
+                let limit = self
+                    .config
+                    .write_timeout
+                    .unwrap_or(self.config.command_timeout);
+                match tokio::time::timeout(limit, write).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(()),
+                }
+            }
         };
-        let limit = self
-            .config
-            .write_timeout
-            .unwrap_or(self.config.command_timeout);
-        let result = tokio::time::timeout(limit, write).await;
         self.write_buf.clear();
         if self.write_buf.capacity() > IDLE_BUFFER {
             self.write_buf = BytesMut::new();
         }
-        match result {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+        result
     }
 
     async fn read_more(&mut self) -> Result<(), ReadStop> {

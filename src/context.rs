@@ -16,23 +16,79 @@ use crate::tls::TlsInfo;
 
 /// A unique id for one message, for logs and file names: the session id and
 /// the message's number within the session, e.g. `18c2f0a1b2c3d00.1`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MessageId(Arc<str>);
+///
+/// Held inline (no allocation per message): the longest id, a 64-bit hex
+/// session id, a dot and a 32-bit number, is 27 octets.
+#[derive(Clone, Copy)]
+pub struct MessageId {
+    text: [u8; MESSAGE_ID_MAX],
+    len: u8,
+}
+
+const MESSAGE_ID_MAX: usize = 16 + 1 + 10;
 
 impl MessageId {
     pub(crate) fn new(session: &SessionInfo, n: u32) -> Self {
-        MessageId(format!("{}.{}", session.id(), n).into())
+        let mut text = [0u8; MESSAGE_ID_MAX];
+        let mut len = 0;
+        let id = session.id().get();
+        let digits = (16 - (id.leading_zeros() as usize / 4)).max(1);
+        for i in (0..digits).rev() {
+            text[len] = b"0123456789abcdef"[((id >> (i * 4)) & 0xf) as usize];
+            len += 1;
+        }
+        text[len] = b'.';
+        len += 1;
+        let mut decimal = [0u8; 10];
+        let mut start = decimal.len();
+        let mut n = n;
+        loop {
+            start -= 1;
+            decimal[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let tail = &decimal[start..];
+        text[len..len + tail.len()].copy_from_slice(tail);
+        len += tail.len();
+        MessageId {
+            text,
+            len: len as u8,
+        }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII hex digits, a dot and decimal digits are ever written.
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MessageId").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -245,5 +301,27 @@ impl Context {
     /// Takes the message body out.
     pub fn into_body(self) -> Body {
         self.body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(session: u64, n: u32) -> String {
+        let mut info = SessionInfo::new(
+            "192.0.2.1:1000".parse().unwrap(),
+            "127.0.0.1:25".parse().unwrap(),
+        );
+        info.id = crate::info::SessionId::from_raw(session);
+        MessageId::new(&info, n).to_string()
+    }
+
+    #[test]
+    fn message_ids_read_as_session_hex_dot_number() {
+        assert_eq!(id(0x18c2f0a1b2c3d00, 1), "18c2f0a1b2c3d00.1");
+        assert_eq!(id(0, 0), "0.0");
+        assert_eq!(id(u64::MAX, u32::MAX), "ffffffffffffffff.4294967295");
+        assert_eq!(id(0xa, 10), format!("{:x}.{}", 0xa, 10));
     }
 }

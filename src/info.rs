@@ -28,6 +28,11 @@ impl SessionId {
         SessionId(base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)))
     }
 
+    #[cfg(test)]
+    pub(crate) fn from_raw(id: u64) -> Self {
+        SessionId(id)
+    }
+
     /// The numeric value.
     pub fn get(self) -> u64 {
         self.0

@@ -138,7 +138,9 @@ enum Pending {
 #[derive(Debug)]
 struct Transaction {
     envelope: Envelope,
-    extensions: SharedExtensions,
+    /// The map MAIL and RCPT hooks share; made on first use, since without
+    /// those hooks nothing can write to it (no allocation per message).
+    extensions: Option<SharedExtensions>,
     /// BDAT octets received so far; `Some` once BDAT was used.
     bdat_size: Option<u64>,
 }
@@ -490,10 +492,8 @@ impl Session {
             return self.answer(reply(555, (5, 5, 4), "AUTH parameter without AUTH support"));
         }
         let envelope = Envelope::new(from, params);
-        // A transaction's map starts with the session's results (connect,
-        // HELO, AUTH), so a MAIL or RCPT hook sees them too.
-        let extensions = SharedExtensions::from(self.session_extensions.snapshot());
         if self.config.hooks.mail {
+            let extensions = self.new_transaction_extensions();
             let req = MailFrom {
                 session: self.info.clone(),
                 envelope: envelope.clone(),
@@ -502,10 +502,16 @@ impl Session {
             self.state = State::Checking(Pending::Mail(envelope, extensions));
             return Action::Check(Check::Mail(req));
         }
-        self.accept_mail(envelope, extensions)
+        self.accept_mail(envelope, None)
     }
 
-    fn accept_mail(&mut self, envelope: Envelope, extensions: SharedExtensions) -> Action {
+    /// A transaction's map starts with the session's results (connect,
+    /// HELO, AUTH), so a MAIL or RCPT hook sees them too.
+    fn new_transaction_extensions(&self) -> SharedExtensions {
+        SharedExtensions::from(self.session_extensions.snapshot())
+    }
+
+    fn accept_mail(&mut self, envelope: Envelope, extensions: Option<SharedExtensions>) -> Action {
         self.transaction = Some(Transaction {
             envelope,
             extensions,
@@ -537,11 +543,20 @@ impl Session {
             return self.answer(reply(555, (5, 5, 4), "DSN parameters are not supported"));
         }
         if self.config.hooks.rcpt {
+            let envelope = t.envelope.clone();
+            let session_extensions = &self.session_extensions;
+            let extensions = match &mut self.transaction {
+                Some(t) => t
+                    .extensions
+                    .get_or_insert_with(|| SharedExtensions::from(session_extensions.snapshot()))
+                    .clone(),
+                None => self.new_transaction_extensions(),
+            };
             let req = RcptTo {
                 session: self.info.clone(),
-                envelope: t.envelope.clone(),
+                envelope,
                 recipient: recipient.clone(),
-                extensions: t.extensions.clone(),
+                extensions,
             };
             self.state = State::Checking(Pending::Rcpt(recipient));
             return Action::Check(Check::Rcpt(req));
@@ -733,7 +748,7 @@ impl Session {
         let custom = answer.code() != 250 || answer.text() != "OK";
         let action = match (pending, accepted) {
             (Pending::Helo(g), true) => return self.accept_helo(g),
-            (Pending::Mail(env, ext), true) => self.accept_mail(env, ext),
+            (Pending::Mail(env, ext), true) => self.accept_mail(env, Some(ext)),
             (Pending::Rcpt(r), true) => self.accept_rcpt(r),
             (Pending::Auth, _) => {
                 self.state = State::Checking(Pending::Auth);
@@ -804,7 +819,9 @@ impl Session {
                 self.state = State::Delivering;
                 let mut ctx = Context::numbered(self.info.clone(), t.envelope, body, self.messages);
                 let mut ext = self.session_extensions.snapshot();
-                ext.extend(t.extensions.snapshot());
+                if let Some(transaction) = &t.extensions {
+                    ext.extend(transaction.snapshot());
+                }
                 ctx.set_extensions(ext);
                 Action::Deliver(Box::new(ctx))
             }
@@ -838,7 +855,9 @@ impl Session {
             self.messages + 1,
         );
         let mut ext = self.session_extensions.snapshot();
-        ext.extend(t.extensions.snapshot());
+        if let Some(transaction) = &t.extensions {
+            ext.extend(transaction.snapshot());
+        }
         ctx.set_extensions(ext);
         Some(ctx)
     }

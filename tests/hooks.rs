@@ -413,3 +413,53 @@ async fn one_generic_layer_serves_every_stage() {
     assert!(peers.iter().all(|p| *p == c.local_addr()), "{peers:?}");
     server.shutdown().await;
 }
+
+/// With only an RCPT hook, the transaction's map is made at the first RCPT
+/// (not at MAIL): it still starts with the connect stage's results, later
+/// recipients see earlier ones' results, and the handler gets them all.
+#[tokio::test]
+async fn a_rcpt_hook_alone_shares_one_map_per_transaction() {
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen(u32);
+    let on_connect = service_fn(|mut req: Connect| async move {
+        req.insert_extension(ConnectTag(9));
+        Ok::<_, BoxError>(())
+    });
+    type Sightings = Vec<(Option<ConnectTag>, Option<Seen>)>;
+    let rcpt_saw: Arc<Mutex<Sightings>> = Arc::default();
+    let rcpt_saw2 = rcpt_saw.clone();
+    let on_rcpt = service_fn(move |mut req: RcptTo| {
+        let before = req.extension::<Seen>();
+        rcpt_saw2
+            .lock()
+            .unwrap()
+            .push((req.extension::<ConnectTag>(), before.clone()));
+        req.insert_extension(Seen(before.map_or(1, |s| s.0 + 1)));
+        async { Ok::<_, BoxError>(()) }
+    });
+    let builder = Server::builder().on_connect(on_connect).on_rcpt(on_rcpt);
+    let server = TestServer::start(builder).await;
+    let mut c = Client::connect_ehlo(server.addr).await;
+    c.begin_data("ann@example.org", &["bob@example.net", "cy@example.net"])
+        .await;
+    c.send(b".\r\n").await;
+    c.expect(250).await;
+    c.begin_data("ann@example.org", &["bob@example.net"]).await;
+    c.send(b".\r\n").await;
+    c.expect(250).await;
+
+    assert_eq!(
+        *rcpt_saw.lock().unwrap(),
+        [
+            (Some(ConnectTag(9)), None),
+            (Some(ConnectTag(9)), Some(Seen(1))),
+            (Some(ConnectTag(9)), None),
+        ]
+    );
+    let all = server.recorder.all();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].extensions().get::<Seen>(), Some(&Seen(2)));
+    assert_eq!(all[0].extension::<ConnectTag>(), Some(ConnectTag(9)));
+    assert_eq!(all[1].extensions().get::<Seen>(), Some(&Seen(1)));
+    server.shutdown().await;
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Load benchmark driver: smtpsrv's mailsink example versus Postfix's smtp-sink.
+"""Load benchmark driver: smtpsrv's mailsink example versus Postfix's smtp-sink,
+with ../shared/floor-sink (the kernel's and reactor's floor) as a third server.
 
 Normally started by run.sh, which installs the Postfix tools, builds mailsink
 and raises the file descriptor limit.  Configuration comes from the
@@ -332,6 +333,18 @@ def load_config(argv):
         " --max-connections-per-ip {max_conns}"
         + (" " + os.environ["MAILSINK_ARGS"] if os.environ.get("MAILSINK_ARGS") else "")
     )
+    # The floor: an SMTP sink that only finds line ends and CRLF.CRLF (see
+    # ../shared/floor-sink/README.md); run.sh builds it and sets FLOOR_SINK_BIN.
+    floor_bin = os.environ.get("FLOOR_SINK_BIN", "")
+    floor_cmd = os.environ.get("FLOOR_CMD") or (
+        f"{shlex.quote(floor_bin)} {{host}}:{{port}}" if floor_bin else ""
+    )
+    servers = {
+        "smtpsrv": os.environ.get("SMTPSRV_CMD") or default_smtpsrv,
+        "smtp-sink": os.environ.get("SINK_CMD") or default_sink,
+    }
+    if floor_cmd:
+        servers["floor-sink"] = floor_cmd
     out_dir = os.environ.get("BENCH_OUT_DIR", "target/bench")
     return {
         "workloads": workloads,
@@ -343,10 +356,7 @@ def load_config(argv):
         "client_cpus": set(all_cpus[1:]) if pin else None,
         "smtp_source": os.environ.get("SMTP_SOURCE", "/usr/sbin/smtp-source"),
         "run_timeout": int(env_float("RUN_TIMEOUT", 900)),
-        "servers": {
-            "smtpsrv": os.environ.get("SMTPSRV_CMD") or default_smtpsrv,
-            "smtp-sink": os.environ.get("SINK_CMD") or default_sink,
-        },
+        "servers": servers,
         "smtpsrv_overridden": bool(os.environ.get("SMTPSRV_CMD")),
         "out_dir": out_dir,
     }
@@ -428,8 +438,17 @@ def render(cfg, facts, results, started_at):
                 s=w["sessions"], m=w["messages"], size=human_size(w["size"])
             )
         lines.append(f"- {name}: {desc}")
-    lines += ["", "| workload | metric | smtpsrv | smtp-sink | ratio smtpsrv/smtp-sink |"]
-    lines.append("|---|---|---:|---:|---:|")
+    floor = "floor-sink" in cfg["servers"]
+    if floor:
+        lines += [
+            "",
+            "| workload | metric | smtpsrv | smtp-sink | floor-sink "
+            "| ratio smtpsrv/smtp-sink | ratio smtpsrv/floor-sink |",
+        ]
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
+    else:
+        lines += ["", "| workload | metric | smtpsrv | smtp-sink | ratio smtpsrv/smtp-sink |"]
+        lines.append("|---|---|---:|---:|---:|")
     for name in cfg["workloads"]:
         metrics = IDLE_METRICS if name == "W4" else MESSAGE_METRICS
         per_server = results.get(name, {})
@@ -440,9 +459,14 @@ def render(cfg, facts, results, started_at):
                 medians[server] = statistics.median(r[key] for r in runs) if runs else None
             ours, theirs = medians["smtpsrv"], medians["smtp-sink"]
             ratio = f"{ours / theirs:.2f}" if ours is not None and theirs else "n/a"
-            lines.append(
-                f"| {name} | {label} | {fmt(template, ours)} | {fmt(template, theirs)} | {ratio} |"
-            )
+            row = f"| {name} | {label} | {fmt(template, ours)} | {fmt(template, theirs)}"
+            if floor:
+                base = medians["floor-sink"]
+                to_floor = f"{ours / base:.2f}" if ours is not None and base else "n/a"
+                row += f" | {fmt(template, base)} | {ratio} | {to_floor} |"
+            else:
+                row += f" | {ratio} |"
+            lines.append(row)
     lines += ["", "Higher is better unless the metric says otherwise; MiB/s counts payload only."]
     return "\n".join(lines) + "\n"
 

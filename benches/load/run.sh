@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Load benchmark: smtpsrv's mailsink example versus Postfix's smtp-sink,
-# both driven by Postfix's smtp-source over 127.0.0.1.  See benches/README.md.
+# Load benchmark: smtpsrv's mailsink example versus Postfix's smtp-sink and
+# ../shared/floor-sink (the floor), all driven by Postfix's smtp-source over
+# 127.0.0.1.  See benches/README.md.
 #
 #   benches/load/run.sh              # all workloads W1..W4
 #   benches/load/run.sh W1 W3        # a selection
@@ -53,6 +54,21 @@ if [[ -z "${SMTPSRV_CMD:-}" ]]; then
     cargo build --release --example mailsink
     export MAILSINK_BIN="$target_dir/release/examples/mailsink"
     [[ -x "$MAILSINK_BIN" ]] || { log "no binary at $MAILSINK_BIN"; exit 1; }
+fi
+
+# --- The floor: ../shared/floor-sink beside the repository (as in CI's
+# clone), or FLOOR_SINK_DIR; built into the project's target directory.
+# Without it the report has two servers.
+if [[ -z "${FLOOR_SINK_BIN:-}" && -z "${FLOOR_CMD:-}" ]]; then
+    floor_dir="${FLOOR_SINK_DIR:-$repo/../shared/floor-sink}"
+    if [[ -f "$floor_dir/Cargo.toml" ]]; then
+        floor_target="${CARGO_TARGET_DIR:-$repo/target}/floor-sink"
+        log "building floor-sink ($floor_dir)"
+        cargo build --release --manifest-path "$floor_dir/Cargo.toml" --target-dir "$floor_target"
+        export FLOOR_SINK_BIN="$floor_target/release/floor-sink"
+    else
+        log "no floor-sink at $floor_dir (set FLOOR_SINK_DIR); reporting without the floor"
+    fi
 fi
 
 # --- Enough file descriptors for W4's idle connections on both sides.

@@ -158,7 +158,13 @@ impl DataReceiver {
                     let at = i + offset;
                     i = at + 1;
                     if buf[at] == b'\r' {
-                        self.state = State::AfterCr;
+                        // The common case, a CRLF followed by a line that
+                        // does not start with a dot, without going through
+                        // the states one byte at a time.
+                        match (buf.get(at + 1), buf.get(at + 2)) {
+                            (Some(b'\n'), Some(&next)) if next != b'.' => i = at + 2,
+                            _ => self.state = State::AfterCr,
+                        }
                     } else if self.bare(out) {
                         self.write(out, &buf[run..at]);
                         self.write(out, b"\r\n");
