@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `Nats-Msg-Id` | the cluster-wide message id, `<instance>.<smtpsrv message id>`: JetStream drops a second publish with the same id within the stream's duplicate window |
 //! | `Smtp-Mail-From` | the reverse-path in angle brackets, `<>` for the null sender |
-//! | `Smtp-Rcpt-To` | one value per recipient, in order |
+//! | `Smtp-Rcpt-To` | the recipients in angle brackets, in order, separated by `, ` (one value: JetStream's raw and direct gets keep only the last of a repeated header) |
 //! | `Smtp-Peer`, `Smtp-Local` | client and server `ip:port` (the real client after the PROXY protocol) |
 //! | `Smtp-Helo` | the HELO/EHLO name, when one was given |
 //! | `Smtp-Tls` | `version cipher`, on TLS sessions |
@@ -53,7 +53,7 @@ use tower::Service;
 pub mod header {
     /// The reverse-path, `<>` for the null sender.
     pub const MAIL_FROM: &str = "Smtp-Mail-From";
-    /// One value per recipient.
+    /// The recipients, `<a@x>, <b@y>`.
     pub const RCPT_TO: &str = "Smtp-Rcpt-To";
     /// The client's `ip:port`.
     pub const PEER: &str = "Smtp-Peer";
@@ -227,12 +227,14 @@ impl JetStreamHandoff {
         h.insert(header::MESSAGE_ID, id);
         let from = ctx.reverse_path().map_or("", |a| a.as_str());
         h.insert(header::MAIL_FROM, format!("<{}>", clean(from)).as_str());
-        for rcpt in ctx.recipients() {
-            h.append(
-                header::RCPT_TO,
-                format!("<{}>", clean(rcpt.address().as_str())).as_str(),
-            );
-        }
+        // One value, not one per recipient: JetStream's direct and raw
+        // gets keep only the last value of a repeated header.
+        let rcpts: Vec<String> = ctx
+            .recipients()
+            .iter()
+            .map(|r| format!("<{}>", clean(r.address().as_str())))
+            .collect();
+        h.insert(header::RCPT_TO, rcpts.join(", ").as_str());
         h.insert(header::PEER, ctx.peer_addr().to_string().as_str());
         h.insert(header::LOCAL, ctx.local_addr().to_string().as_str());
         if let Some(helo) = ctx.helo_name() {
