@@ -29,5 +29,10 @@ pub mod consumer;
 pub mod handoff;
 mod redis_store;
 
+/// The NATS client the hand-off and consumer are built on.
+pub use async_nats;
+/// The Redis client [`RedisStore`] is built on.
+pub use redis;
+
 pub use handoff::JetStreamHandoff;
 pub use redis_store::{RedisStore, RedisStoreConfig};

@@ -21,6 +21,7 @@
 //! connections, transactions in progress finish, then it exits; SIGHUP
 //! reloads the TLS certificate files.
 
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -150,6 +151,9 @@ struct Args {
     /// networks separated by commas), e.g. 127.0.0.1,10.0.0.0/8.
     #[arg(long, value_name = "TRUSTED_NETWORKS", value_parser = parse_trusted)]
     proxy_protocol: Option<TrustedProxies>,
+
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,14 +216,21 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let hostname = args.hostname.clone().unwrap_or_else(system_hostname);
     // Before listening: a client must never be accepted into a server that
     // cannot store anything.
-    let maildir = if args.discard {
+    let handoff = cluster::handoff(&args.cluster, &hostname).await?;
+    let maildir = if args.discard || handoff.is_some() {
         None
     } else {
         let maildir = Maildir::create(&args.maildir, &hostname)
             .map_err(|e| format!("cannot use Maildir {}: {e}", args.maildir.display()))?;
         Some(maildir)
     };
-    let mut server = configure(&args, &hostname)?.build();
+    let mut builder = configure(&args, &hostname)?;
+    if let Some(handoff) = &handoff {
+        builder = builder.max_message_bytes(
+            handoff.max_message_bytes(args.max_message_bytes.unwrap_or(25 << 20)),
+        );
+    }
+    let mut server = builder.build();
     let plain = if args.listen.is_empty() && args.tls_listen.is_empty() {
         vec!["127.0.0.1:2525".to_owned()]
     } else {
@@ -236,6 +247,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
         server = server.implicit_tls_listener(tcp);
     }
 
+    if let Some(handoff) = handoff {
+        server
+            .serve(handoff)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
     match maildir {
         None => {
             tracing::info!(%hostname, "discarding every message");
@@ -303,7 +322,11 @@ fn configure(args: &Args, hostname: &str) -> Result<Builder, BoxError> {
 fn mail_policy(args: &Args, hostname: &str, builder: Builder) -> Result<Builder, BoxError> {
     let rate_limit = args
         .rate_limit
-        .map(|per_minute| RateLimitLayer::per_ip(Quota::per(per_minute, Duration::from_secs(60))));
+        .map(|per_minute| {
+            let quota = Quota::per(per_minute, Duration::from_secs(60));
+            cluster::rate_limit(&args.cluster, RateLimitLayer::per_ip(quota))
+        })
+        .transpose()?;
     let spf = match args.spf {
         SpfMode::Off => None,
         mode => {
