@@ -30,7 +30,8 @@ pub struct ClusterArgs {
 
     /// Hand every accepted message to NATS JetStream at URL
     /// (nats://HOST:PORT) instead of storing it: 250 only once the stream
-    /// acknowledged it, 451 4.3.0 when NATS is down or slower than 5 s.
+    /// acknowledged it, 451 4.3.0 when NATS is down or slower than
+    /// --nats-ack-timeout.
     /// The stream is created if missing; SIZE is capped to what the NATS
     /// server carries (its max_payload).
     #[arg(long, value_name = "URL", conflicts_with = "discard")]
@@ -40,6 +41,10 @@ pub struct ClusterArgs {
     /// duplicate window if missing).
     #[arg(long, value_name = "NAME", default_value = "SMTP", requires = "nats")]
     pub nats_stream: String,
+
+    /// Seconds to wait for the stream's ack before answering 451 4.3.0.
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..), requires = "nats")]
+    pub nats_ack_timeout: u64,
 
     /// The subject messages are published on.
     #[arg(long, value_name = "SUBJECT", default_value = "smtp.accepted", requires = "nats")]
@@ -112,7 +117,9 @@ pub async fn handoff(
         .connect(url.as_str())
         .await
         .map_err(|e| format!("--nats {url}: {e}"))?;
-    let handoff = JetStreamHandoff::new(client, args.nats_subject.clone()).hostname(hostname);
+    let handoff = JetStreamHandoff::new(client, args.nats_subject.clone())
+        .hostname(hostname)
+        .ack_timeout(Duration::from_secs(args.nats_ack_timeout));
     handoff::ensure_stream(handoff.jetstream(), &args.nats_stream, &args.nats_subject)
         .await
         .map_err(|e| format!("JetStream stream {}: {e}", args.nats_stream))?;
