@@ -85,6 +85,20 @@ async fn load_through_haproxy_every_250_once_and_the_ip_limit_holds_across_insta
         cluster.logs()
     );
     assert_eq!(accepted + refused_450, 90);
+
+    // Redis stopped: mailsink's default policy fails open (a warning and
+    // a count), so the client over its quota gets through, and promptly.
+    let mut cluster = cluster;
+    cluster.redis.stop();
+    let start = Instant::now();
+    let open = tokio::time::timeout(
+        Duration::from_secs(30),
+        send_all(cluster.addr(), "127.0.2.1".parse().unwrap(), tokens("redis-down", 5), 1, Duration::ZERO),
+    )
+    .await
+    .expect("sessions never hang while Redis is down");
+    assert!(open.iter().all(|a| a.seen == Seen::Accepted), "{open:?}\n{}", cluster.logs());
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
