@@ -131,11 +131,54 @@ pub fn trace_header(headers: Option<&async_nats::HeaderMap>) -> Vec<u8> {
         .unwrap_or(peer);
     let host = get(header::HOST).unwrap_or_else(|| "localhost".into());
     let id = get(header::MESSAGE_ID).unwrap_or_default();
-    let at = get(header::RECEIVED_AT).unwrap_or_default();
+    let at = get(header::RECEIVED_AT)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     format!(
-        "Return-Path: {from}\r\nReceived: from {helo} ([{ip}])\r\n\tby {host} (smtpsrv) with ESMTP id {id}; {at}\r\n"
+        "Return-Path: {from}\r\nReceived: from {helo} ([{ip}])\r\n\tby {host} (smtpsrv) with ESMTP id {id};\r\n\t{}\r\n",
+        rfc5322_date(at)
     )
     .into_bytes()
+}
+
+/// `Tue, 01 Jul 2025 10:52:37 +0000` (RFC 5322 3.3) for Unix time `secs`.
+fn rfc5322_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    // Howard Hinnant's civil_from_days, for dates from 1970 on.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let rem = secs % 86_400;
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize], // 1970-01-01 was a Thursday
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            super::rfc5322_date(1_751_367_157),
+            "Tue, 01 Jul 2025 10:52:37 +0000"
+        );
+    }
 }
 
 /// How [`run`] reads the stream.
@@ -197,7 +240,11 @@ pub async fn run(
                 Some(Ok(m)) => m,
             },
         };
-        let id = match message.headers.as_ref().and_then(|h| h.get(header::MESSAGE_ID)) {
+        let id = match message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(header::MESSAGE_ID))
+        {
             Some(id) => id.as_str().to_owned(),
             None => format!("seq-{}", message.info().map_or(0, |i| i.stream_sequence)),
         };
@@ -217,7 +264,9 @@ pub async fn run(
             }
             Ok(Err(e)) => {
                 tracing::error!(id = %id, error = %e, "cannot store; will retry");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -85,7 +85,10 @@ async fn redis_bucket_is_shared_atomic_and_expires() {
     assert!(ttl > 3_500_000 && ttl <= 3_600_000, "pttl {ttl}");
     // A fast quota: full again after ~100 ms, and the key is gone.
     let fast = Quota::per(10, Duration::from_millis(100));
-    assert_eq!(a.check("ip:fast", fast, 1, now).await.unwrap(), Decision::Allow);
+    assert_eq!(
+        a.check("ip:fast", fast, 1, now).await.unwrap(),
+        Decision::Allow
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let exists: i64 = redis::cmd("EXISTS")
         .arg(a.redis_key("ip:fast"))
@@ -120,11 +123,23 @@ async fn redis_down_follows_the_policy_without_hanging_and_recovers() {
         let start = Instant::now();
         let r = reply(&mut open, connect_req("192.0.2.1")).await;
         assert_eq!(r.code(), 250, "fail open: {r:?}");
-        assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
         let start = Instant::now();
         let r = reply(&mut refuse, connect_req("192.0.2.1")).await;
-        assert_eq!((r.code(), r.status().map(|e| e.to_string())), (451, Some("4.7.0".into())), "{r:?}");
-        assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+        assert_eq!(
+            (r.code(), r.status().map(|e| e.to_string())),
+            (451, Some("4.7.0".into())),
+            "{r:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
     }
     assert_eq!(failures.get(), 3);
 
@@ -145,7 +160,11 @@ async fn redis_down_follows_the_policy_without_hanging_and_recovers() {
     let before = failures.get();
     assert_eq!(reply(&mut open, connect_req("192.0.2.1")).await.code(), 250);
     assert_eq!(reply(&mut open, connect_req("192.0.2.1")).await.code(), 250);
-    assert_eq!(reply(&mut open, connect_req("192.0.2.1")).await.code(), 450, "limits again");
+    assert_eq!(
+        reply(&mut open, connect_req("192.0.2.1")).await.code(),
+        450,
+        "limits again"
+    );
     assert_eq!(failures.get(), before);
 }
 
@@ -160,7 +179,10 @@ fn message_ctx(body: Bytes, rcpts: &[&str]) -> Context {
         Default::default(),
     );
     for r in rcpts {
-        env = env.with_recipient(Recipient::new(Address::parse(r).unwrap(), Default::default()));
+        env = env.with_recipient(Recipient::new(
+            Address::parse(r).unwrap(),
+            Default::default(),
+        ));
     }
     Context::new(Arc::new(session), env, body)
 }
@@ -178,7 +200,13 @@ async fn handoff_250_only_after_the_ack_dedups_by_id_and_carries_big_messages() 
     let body = Bytes::from_static(b"Subject: hi\r\n\r\nhello\r\n");
     let ctx = message_ctx(body.clone(), &["bob@example.com", "eve@example.com"]);
     let id = handoff.message_id(&ctx);
-    let r = handoff.ready().await.unwrap().call(ctx.clone()).await.unwrap();
+    let r = handoff
+        .ready()
+        .await
+        .unwrap()
+        .call(ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(r.code(), 250);
     assert!(r.text().contains(&id), "{r:?}");
     // A retried publish of the same message: acked, stored once.
@@ -206,7 +234,10 @@ async fn handoff_250_only_after_the_ack_dedups_by_id_and_carries_big_messages() 
     assert_eq!(first.payload, body, "payload is the raw message");
     let h = &first.headers;
     assert_eq!(h.get(header::MESSAGE_ID).unwrap().as_str(), id);
-    assert_eq!(h.get(header::MAIL_FROM).unwrap().as_str(), "<ann@example.org>");
+    assert_eq!(
+        h.get(header::MAIL_FROM).unwrap().as_str(),
+        "<ann@example.org>"
+    );
     assert_eq!(
         h.get(header::RCPT_TO).unwrap().as_str(),
         "<bob@example.com>, <eve@example.com>"
@@ -229,7 +260,10 @@ async fn handoff_answers_451_while_nats_is_down_then_recovers() {
     nats.stop();
     for _ in 0..3 {
         let start = Instant::now();
-        let ctx = message_ctx(Bytes::from_static(b"Subject: x\r\n\r\nx\r\n"), &["b@example.com"]);
+        let ctx = message_ctx(
+            Bytes::from_static(b"Subject: x\r\n\r\nx\r\n"),
+            &["b@example.com"],
+        );
         let err = handoff.ready().await.unwrap().call(ctx).await.unwrap_err();
         let r = smtpsrv::error_reply(err);
         assert_eq!(
@@ -237,13 +271,20 @@ async fn handoff_answers_451_while_nats_is_down_then_recovers() {
             (451, Some("4.3.0".into())),
             "{r:?}"
         );
-        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
     nats.restart();
     let deadline = Instant::now() + BOUND;
     let mut accepted = None;
     while Instant::now() < deadline {
-        let ctx = message_ctx(Bytes::from_static(b"Subject: y\r\n\r\ny\r\n"), &["b@example.com"]);
+        let ctx = message_ctx(
+            Bytes::from_static(b"Subject: y\r\n\r\ny\r\n"),
+            &["b@example.com"],
+        );
         let id = handoff.message_id(&ctx);
         if let Ok(r) = handoff.ready().await.unwrap().call(ctx).await {
             assert_eq!(r.code(), 250);
@@ -328,18 +369,29 @@ async fn consumer_restarted_mid_stream_delivers_each_message_exactly_once() {
         }
     });
     while count(dir.path()) < ids.len() {
-        assert!(Instant::now() < deadline, "only {} of {}", count(dir.path()), ids.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {}",
+            count(dir.path()),
+            ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _ = stop_tx.send(());
-    tokio::time::timeout(BOUND, run).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(BOUND, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let names: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path().join("new"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ids, "every message exactly once, by id");
     let one = std::fs::read(dir.path().join("new").join(&first)).unwrap();
-    assert!(one.starts_with(b"Return-Path: <ann@example.org>\r\nReceived: from client.example ([192.0.2.9])"));
+    assert!(one.starts_with(
+        b"Return-Path: <ann@example.org>\r\nReceived: from client.example ([192.0.2.9])"
+    ));
     assert!(!one.ends_with(b"again"));
 }

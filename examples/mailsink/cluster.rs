@@ -47,7 +47,12 @@ pub struct ClusterArgs {
     pub nats_ack_timeout: u64,
 
     /// The subject messages are published on.
-    #[arg(long, value_name = "SUBJECT", default_value = "smtp.accepted", requires = "nats")]
+    #[arg(
+        long,
+        value_name = "SUBJECT",
+        default_value = "smtp.accepted",
+        requires = "nats"
+    )]
     pub nats_subject: String,
 }
 

@@ -134,7 +134,10 @@ impl Nats {
             ),
         )
         .unwrap();
-        let proc = Proc::spawn("nats-server", Command::new("nats-server").arg("-c").arg(conf));
+        let proc = Proc::spawn(
+            "nats-server",
+            Command::new("nats-server").arg("-c").arg(conf),
+        );
         wait_for_port(port);
         proc
     }
@@ -485,15 +488,26 @@ pub async fn attempts_in_stream(
 /// a client saw 250 for is in the stream exactly once, no attempt is there
 /// twice, every token was accepted once by the client; extra copies exist
 /// only for attempts that were not acknowledged to the client.
-pub fn check_no_loss(attempts: &[Attempt], in_stream: &std::collections::HashMap<String, usize>) -> usize {
+pub fn check_no_loss(
+    attempts: &[Attempt],
+    in_stream: &std::collections::HashMap<String, usize>,
+) -> usize {
     let mut accepted_tokens = std::collections::HashSet::new();
     let mut duplicates = 0;
     for a in attempts {
         let count = in_stream.get(&a.attempt).copied().unwrap_or(0);
         match a.seen {
             Seen::Accepted => {
-                assert_eq!(count, 1, "accepted attempt {} is in the stream {count} times", a.attempt);
-                assert!(accepted_tokens.insert(a.token.clone()), "token {} accepted twice", a.token);
+                assert_eq!(
+                    count, 1,
+                    "accepted attempt {} is in the stream {count} times",
+                    a.attempt
+                );
+                assert!(
+                    accepted_tokens.insert(a.token.clone()),
+                    "token {} accepted twice",
+                    a.token
+                );
             }
             _ => {
                 assert!(count <= 1, "attempt {} stored {count} times", a.attempt);
@@ -502,10 +516,17 @@ pub fn check_no_loss(attempts: &[Attempt], in_stream: &std::collections::HashMap
         }
     }
     let tokens: std::collections::HashSet<_> = attempts.iter().map(|a| a.token.clone()).collect();
-    assert_eq!(accepted_tokens.len(), tokens.len(), "some message was never accepted");
+    assert_eq!(
+        accepted_tokens.len(),
+        tokens.len(),
+        "some message was never accepted"
+    );
     let known: std::collections::HashSet<_> = attempts.iter().map(|a| a.attempt.as_str()).collect();
     for key in in_stream.keys() {
-        assert!(known.contains(key.as_str()), "unknown message {key} in the stream");
+        assert!(
+            known.contains(key.as_str()),
+            "unknown message {key} in the stream"
+        );
     }
     duplicates
 }

@@ -708,9 +708,7 @@ mod tests {
 
         fn check(&self, _: &str, _: Quota, _: u32, _: Instant) -> Self::Future {
             match self {
-                BrokenStore::Down => {
-                    Box::pin(async { Err(StoreError::new("connection refused")) })
-                }
+                BrokenStore::Down => Box::pin(async { Err(StoreError::new("connection refused")) }),
                 BrokenStore::Hung => Box::pin(std::future::pending()),
             }
         }
@@ -719,8 +717,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failing_store_fails_open_by_default_and_is_counted() {
         let inner = Counting::default();
-        let layer = RateLimitLayer::per_ip(Quota::per(1, Duration::from_secs(60)))
-            .store(BrokenStore::Down);
+        let layer =
+            RateLimitLayer::per_ip(Quota::per(1, Duration::from_secs(60))).store(BrokenStore::Down);
         let failures = layer.store_failures();
         let mut svc = layer.layer(inner.clone());
         for _ in 0..3 {

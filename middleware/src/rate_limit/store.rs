@@ -270,7 +270,10 @@ mod tests {
         // Each bucket refilled a second after its use; the periodic sweep
         // a minute later forgets them all.
         tokio::time::advance(Duration::from_secs(61)).await;
-        store.check("fresh", quota, 1, Instant::now()).await.unwrap();
+        store
+            .check("fresh", quota, 1, Instant::now())
+            .await
+            .unwrap();
         assert_eq!(store.len(), 1);
     }
 
