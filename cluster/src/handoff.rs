@@ -112,9 +112,12 @@ pub async fn ensure_stream(
 /// let handoff = JetStreamHandoff::new(client, "smtp.accepted").hostname("mx1.example.com");
 /// smtpsrv_cluster::handoff::ensure_stream(handoff.jetstream(), "SMTP", "smtp.accepted").await?;
 /// let max = handoff.max_message_bytes(25 << 20);
+/// let tcp = smtpsrv::bind_listener("127.0.0.1:2525").await?;
 /// smtpsrv::Server::builder()
 ///     .max_message_bytes(max)
-///     .serve("127.0.0.1:2525", handoff)
+///     .build()
+///     .listener(tcp)
+///     .serve(handoff)
 ///     .await?;
 /// # Ok(()) }
 /// ```
