@@ -28,6 +28,7 @@
 //! connections, transactions in progress finish, then it exits; SIGHUP
 //! reloads the TLS certificate files.
 
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod ops;
@@ -174,6 +175,9 @@ struct Args {
 
     #[command(flatten)]
     ops: ops::OpsArgs,
+
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,14 +241,21 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let hostname = args.hostname.clone().unwrap_or_else(system_hostname);
     // Before listening: a client must never be accepted into a server that
     // cannot store anything.
-    let maildir = if args.discard {
+    let handoff = cluster::handoff(&args.cluster, &hostname).await?;
+    let maildir = if args.discard || handoff.is_some() {
         None
     } else {
         let maildir = Maildir::with_line_ends(&args.maildir, &hostname, args.ops.line_ends())
             .map_err(|e| format!("cannot use Maildir {}: {e}", args.maildir.display()))?;
         Some(maildir)
     };
-    let mut server = ops.inherit_listeners(ops.configure(configure(&args, &hostname)?).build())?;
+    let mut builder = ops.configure(configure(&args, &hostname)?);
+    if let Some(handoff) = &handoff {
+        builder = builder.max_message_bytes(
+            handoff.max_message_bytes(args.max_message_bytes.unwrap_or(25 << 20)),
+        );
+    }
+    let mut server = ops.inherit_listeners(builder.build())?;
     let plain = if args.listen.is_empty() && args.tls_listen.is_empty() && !args.ops.systemd {
         vec!["127.0.0.1:2525".to_owned()]
     } else {
@@ -262,6 +273,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
     ops.ready(&server).await?;
 
+    if let Some(handoff) = handoff {
+        server
+            .serve(ServiceBuilder::new().layer(ops.layer()).service(handoff))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
     match maildir {
         None => {
             tracing::info!(%hostname, "discarding every message");
@@ -300,7 +319,8 @@ fn configure(args: &Args, hostname: &str) -> Result<Builder, BoxError> {
     let mut builder = Server::builder()
         .hostname(hostname)
         .lmtp(args.lmtp)
-        .streaming(!(args.buffered || args.parse));
+        // The JetStream hand-off publishes the whole message in one payload.
+        .streaming(!(args.buffered || args.parse || args.cluster.nats.is_some()));
     if let Some(n) = args.spill_threshold {
         builder = builder.spill_threshold(n);
     }
@@ -345,7 +365,11 @@ fn configure(args: &Args, hostname: &str) -> Result<Builder, BoxError> {
 fn mail_policy(args: &Args, hostname: &str, builder: Builder) -> Result<Builder, BoxError> {
     let rate_limit = args
         .rate_limit
-        .map(|per_minute| RateLimitLayer::per_ip(Quota::per(per_minute, Duration::from_secs(60))));
+        .map(|per_minute| {
+            let quota = Quota::per(per_minute, Duration::from_secs(60));
+            cluster::rate_limit(&args.cluster, RateLimitLayer::per_ip(quota))
+        })
+        .transpose()?;
     let spf = match args.spf {
         SpfMode::Off => None,
         mode => {

@@ -15,6 +15,20 @@
 //! recipient but at `RCPT`) passes unlimited: stack layers to limit by
 //! several keys.
 //!
+//! # When the store fails
+//!
+//! A shared store can be down or slow. The layer never waits for it longer
+//! than [`store_timeout`](RateLimitLayer::store_timeout) (1 s by default),
+//! and a store error or a timeout is handled by the layer's
+//! [`StoreFailurePolicy`]:
+//! - [`FailOpen`](StoreFailurePolicy::FailOpen), the default: the request
+//!   passes, a warning is logged and [`StoreFailures`] counts it (a rate
+//!   limit is a defence against abuse; refusing all mail because its store
+//!   is down would be a self-inflicted outage);
+//! - [`Refuse`](StoreFailurePolicy::Refuse): `451 4.7.0`, the client
+//!   retries later, for deployments where the quota matters more than
+//!   availability.
+//!
 //! ```
 //! use std::time::Duration;
 //! use smtpsrv::{BoxError, Connect, MailFrom, Reply};
@@ -42,13 +56,15 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use smtpsrv::{BoxError, Reply};
 use tower::{Layer, Service};
 
-pub use store::{Decision, MemoryStore, Quota, RateLimitStore};
+pub use store::{Decision, MemoryStore, Quota, RateLimitStore, StoreError};
 
 use crate::future::take_ready;
 use crate::request::{StageData, client_ip, sender};
@@ -115,6 +131,33 @@ impl KeyBy {
     }
 }
 
+/// What the layer does when its store fails or does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreFailurePolicy {
+    /// Let the request pass; log a warning and count it in
+    /// [`StoreFailures`].
+    #[default]
+    FailOpen,
+    /// Answer `451 4.7.0` (counted too): the client retries later.
+    Refuse,
+}
+
+/// How many checks a layer (and all its clones) could not make because the
+/// store failed or timed out: a counter to export as a metric.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFailures(Arc<AtomicU64>);
+
+impl StoreFailures {
+    /// Failures so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn record(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Config {
     key: KeyBy,
@@ -122,6 +165,9 @@ struct Config {
     namespace: Option<Arc<str>>,
     close: bool,
     cost_per_recipient: bool,
+    store_timeout: Duration,
+    on_failure: StoreFailurePolicy,
+    failures: StoreFailures,
 }
 
 /// Keyed token-bucket limits; see the [module docs](self).
@@ -141,6 +187,9 @@ impl RateLimitLayer<MemoryStore> {
                 namespace: None,
                 close: false,
                 cost_per_recipient: false,
+                store_timeout: Duration::from_secs(1),
+                on_failure: StoreFailurePolicy::FailOpen,
+                failures: StoreFailures::default(),
             }),
             store: MemoryStore::new(),
         }
@@ -206,6 +255,25 @@ impl<St> RateLimitLayer<St> {
         Arc::make_mut(&mut self.config).cost_per_recipient = true;
         self
     }
+
+    /// The longest wait for the store's answer (default 1 s); past it the
+    /// check counts as failed.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.config).store_timeout = timeout;
+        self
+    }
+
+    /// What to do when the store fails (default
+    /// [`FailOpen`](StoreFailurePolicy::FailOpen)).
+    pub fn on_store_failure(mut self, policy: StoreFailurePolicy) -> Self {
+        Arc::make_mut(&mut self.config).on_failure = policy;
+        self
+    }
+
+    /// The failure counter of this layer and every service it makes.
+    pub fn store_failures(&self) -> StoreFailures {
+        self.config.failures.clone()
+    }
 }
 
 impl<S, St: Clone> Layer<S> for RateLimitLayer<St> {
@@ -228,6 +296,15 @@ pub struct RateLimit<S, St = MemoryStore> {
     store: St,
 }
 
+/// The answer when the store failed under [`StoreFailurePolicy::Refuse`].
+pub fn store_unavailable() -> Reply {
+    Reply::new(
+        451,
+        (4, 7, 0),
+        "Rate limit service unavailable, try again later",
+    )
+}
+
 /// The refusal: `450 4.7.0`, or `421 4.7.0` to close the connection.
 pub fn limited(close: bool, retry_after: std::time::Duration) -> Reply {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -248,7 +325,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<St::Future, S, R>;
+    type Future = ResponseFuture<tokio::time::Timeout<St::Future>, S, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -269,16 +346,18 @@ where
                 .max(1),
             _ => 1,
         };
-        let check = self
-            .store
-            .check(&key, config.quota, cost, tokio::time::Instant::now());
+        let check = tokio::time::timeout(
+            config.store_timeout,
+            self.store
+                .check(&key, config.quota, cost, tokio::time::Instant::now()),
+        );
         // The ready service goes into the future; a fresh clone stays.
         let inner = take_ready(&mut self.inner);
         ResponseFuture {
             state: State::Checking {
                 check,
                 pending: Some((inner, req, key)),
-                close: config.close,
+                config: Arc::clone(config),
             },
         }
     }
@@ -306,7 +385,7 @@ pin_project! {
             #[pin]
             check: CF,
             pending: Option<(S, R, String)>,
-            close: bool,
+            config: Arc<Config>,
         },
         Called {
             #[pin]
@@ -325,7 +404,7 @@ impl<CF, S: Service<R>, R> ResponseFuture<CF, S, R> {
 
 impl<CF, S, R> Future for ResponseFuture<CF, S, R>
 where
-    CF: Future<Output = Decision>,
+    CF: Future<Output = Result<Result<Decision, StoreError>, tokio::time::error::Elapsed>>,
     S: Service<R>,
     S::Error: Into<BoxError>,
 {
@@ -338,13 +417,33 @@ where
                 StateProj::Checking {
                     check,
                     pending,
-                    close,
+                    config,
                 } => {
-                    let decision = ready!(check.poll(cx));
+                    let answer = ready!(check.poll(cx));
                     let Some((mut inner, req, key)) = pending.take() else {
                         return Poll::Ready(
                             Err("rate limit future polled after completion".into()),
                         );
+                    };
+                    let decision = match answer {
+                        Ok(Ok(decision)) => decision,
+                        failed => {
+                            config.failures.record();
+                            let error = match failed {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => format!("no answer within {:?}", config.store_timeout),
+                            };
+                            match config.on_failure {
+                                StoreFailurePolicy::FailOpen => {
+                                    tracing::warn!(key = %key, %error, "rate limit store failed; letting the request pass");
+                                    Decision::Allow
+                                }
+                                StoreFailurePolicy::Refuse => {
+                                    tracing::warn!(key = %key, %error, "rate limit store failed; refusing for now");
+                                    return Poll::Ready(Err(Box::new(store_unavailable())));
+                                }
+                            }
+                        }
                     };
                     match decision {
                         Decision::Allow => {
@@ -353,7 +452,7 @@ where
                         }
                         Decision::Deny { retry_after } => {
                             tracing::info!(key = %key, retry_after_ms = retry_after.as_millis() as u64, "rate limited");
-                            return Poll::Ready(Err(Box::new(limited(*close, retry_after))));
+                            return Poll::Ready(Err(Box::new(limited(config.close, retry_after))));
                         }
                     }
                 }
@@ -573,14 +672,14 @@ mod tests {
     struct SlowDenyStore;
 
     impl RateLimitStore for SlowDenyStore {
-        type Future = Pin<Box<dyn Future<Output = Decision> + Send>>;
+        type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
 
         fn check(&self, _: &str, _: Quota, _: u32, _: Instant) -> Self::Future {
             Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                Decision::Deny {
+                Ok(Decision::Deny {
                     retry_after: Duration::from_secs(7),
-                }
+                })
             })
         }
     }
@@ -595,6 +694,64 @@ mod tests {
         assert_eq!(r.code(), 450);
         assert!(r.text().contains("7 seconds"));
         assert_eq!(inner.calls(), 0);
+    }
+
+    /// A store that is down (fails at once) or hung (never answers).
+    #[derive(Clone)]
+    enum BrokenStore {
+        Down,
+        Hung,
+    }
+
+    impl RateLimitStore for BrokenStore {
+        type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+        fn check(&self, _: &str, _: Quota, _: u32, _: Instant) -> Self::Future {
+            match self {
+                BrokenStore::Down => Box::pin(async { Err(StoreError::new("connection refused")) }),
+                BrokenStore::Hung => Box::pin(std::future::pending()),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_store_fails_open_by_default_and_is_counted() {
+        let inner = Counting::default();
+        let layer =
+            RateLimitLayer::per_ip(Quota::per(1, Duration::from_secs(60))).store(BrokenStore::Down);
+        let failures = layer.store_failures();
+        let mut svc = layer.layer(inner.clone());
+        for _ in 0..3 {
+            assert_eq!(reply_of(&mut svc, connect("192.0.2.1")).await.code(), 250);
+        }
+        assert_eq!(inner.calls(), 3);
+        assert_eq!(failures.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hung_store_is_cut_short_by_the_timeout_then_refused_by_policy() {
+        let inner = Counting::default();
+        let layer = RateLimitLayer::per_ip(Quota::per(1, Duration::from_secs(60)))
+            .store(BrokenStore::Hung)
+            .store_timeout(Duration::from_millis(300))
+            .on_store_failure(StoreFailurePolicy::Refuse);
+        let failures = layer.store_failures();
+        let mut svc = layer.layer(inner.clone());
+        let start = Instant::now();
+        let r = reply_of(&mut svc, connect("192.0.2.1")).await;
+        assert_eq!(code(&r), (451, "4.7.0".into()));
+        assert_eq!(Instant::now() - start, Duration::from_millis(300));
+        assert_eq!(inner.calls(), 0);
+        assert_eq!(failures.get(), 1);
+
+        // Fail-open with the default timeout: passes after 1 s, not never.
+        let mut open = RateLimitLayer::per_ip(Quota::per(1, Duration::from_secs(60)))
+            .store(BrokenStore::Hung)
+            .layer(inner.clone());
+        let start = Instant::now();
+        assert_eq!(reply_of(&mut open, connect("192.0.2.1")).await.code(), 250);
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        assert_eq!(inner.calls(), 1);
     }
 
     #[test]

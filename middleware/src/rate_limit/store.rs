@@ -1,7 +1,8 @@
-//! Where token buckets live: the [`RateLimitStore`] trait and the bounded
-//! in-memory [`MemoryStore`].
+//! Where token buckets live: the [`RateLimitStore`] trait, its
+//! [`StoreError`], and the bounded in-memory [`MemoryStore`].
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::{Future, Ready, ready};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,6 +60,31 @@ pub enum Decision {
     },
 }
 
+/// A store that could not answer: unreachable, refused the command, or
+/// replied with something it should not have. The layer then follows its
+/// [`StoreFailurePolicy`](super::StoreFailurePolicy).
+#[derive(Debug)]
+pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
+
+impl StoreError {
+    /// Wraps the store's own error.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError(error.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate limit store failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// Keeps the token buckets of a [`RateLimitLayer`](super::RateLimitLayer).
 ///
 /// `check` takes `cost` tokens from the bucket `key` (created full) if it
@@ -66,9 +92,14 @@ pub enum Decision {
 /// Redis or a database shared by a cluster); the in-memory store answers
 /// at once with [`std::future::Ready`]. `now` is tokio's clock, so tests can
 /// pause time; a shared store may use its own.
+///
+/// A store that cannot answer says so with a [`StoreError`]; one that
+/// answers late is cut short by the layer's
+/// [`store_timeout`](super::RateLimitLayer::store_timeout). Either way the
+/// layer's [`StoreFailurePolicy`](super::StoreFailurePolicy) decides.
 pub trait RateLimitStore: Clone + Send + Sync + 'static {
     /// The answer's future.
-    type Future: Future<Output = Decision> + Send + 'static;
+    type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
 
     /// Takes `cost` tokens from `key`'s bucket if it has them.
     fn check(&self, key: &str, quota: Quota, cost: u32, now: Instant) -> Self::Future;
@@ -161,9 +192,9 @@ impl Buckets {
 /// let store = MemoryStore::new().max_keys(10_000);
 /// let quota = Quota::per(2, Duration::from_secs(60));
 /// let now = tokio::time::Instant::now();
-/// assert_eq!(store.check("ip:192.0.2.1", quota, 1, now).await, Decision::Allow);
-/// assert_eq!(store.check("ip:192.0.2.1", quota, 1, now).await, Decision::Allow);
-/// assert!(matches!(store.check("ip:192.0.2.1", quota, 1, now).await, Decision::Deny { .. }));
+/// assert_eq!(store.check("ip:192.0.2.1", quota, 1, now).await.unwrap(), Decision::Allow);
+/// assert_eq!(store.check("ip:192.0.2.1", quota, 1, now).await.unwrap(), Decision::Allow);
+/// assert!(matches!(store.check("ip:192.0.2.1", quota, 1, now).await, Ok(Decision::Deny { .. })));
 /// # }
 /// ```
 #[derive(Debug, Clone)]
@@ -213,10 +244,10 @@ impl MemoryStore {
 }
 
 impl RateLimitStore for MemoryStore {
-    type Future = Ready<Decision>;
+    type Future = Ready<Result<Decision, StoreError>>;
 
     fn check(&self, key: &str, quota: Quota, cost: u32, now: Instant) -> Self::Future {
-        ready(self.lock().check(key, quota, cost, now))
+        ready(Ok(self.lock().check(key, quota, cost, now)))
     }
 }
 
@@ -231,7 +262,7 @@ mod tests {
         let now = Instant::now();
         for i in 0..1000 {
             assert_eq!(
-                store.check(&format!("k{i}"), quota, 1, now).await,
+                store.check(&format!("k{i}"), quota, 1, now).await.unwrap(),
                 Decision::Allow
             );
             assert!(store.len() <= 100);
@@ -239,7 +270,10 @@ mod tests {
         // Each bucket refilled a second after its use; the periodic sweep
         // a minute later forgets them all.
         tokio::time::advance(Duration::from_secs(61)).await;
-        store.check("fresh", quota, 1, Instant::now()).await;
+        store
+            .check("fresh", quota, 1, Instant::now())
+            .await
+            .unwrap();
         assert_eq!(store.len(), 1);
     }
 
@@ -248,9 +282,9 @@ mod tests {
         let store = MemoryStore::new();
         let quota = Quota::per(2, Duration::from_secs(2));
         let d = store.check("k", quota, 3, Instant::now()).await;
-        assert!(matches!(d, Decision::Deny { .. }));
+        assert!(matches!(d, Ok(Decision::Deny { .. })));
         assert_eq!(
-            store.check("k", quota, 2, Instant::now()).await,
+            store.check("k", quota, 2, Instant::now()).await.unwrap(),
             Decision::Allow
         );
     }
