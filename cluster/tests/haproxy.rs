@@ -224,16 +224,18 @@ async fn nats_stopped_mid_load_gives_451s_never_250_without_ack_then_recovers() 
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(1_000_000);
     let mut clients = Vec::new();
+    // Enough load that it is still running when NATS stops, on a fast
+    // machine too (600 messages once finished before the stop).
     for c in 0..10 {
         clients.push(tokio::spawn(send_all(
             cluster.addr(),
             "127.0.0.1".parse().unwrap(),
-            tokens(&format!("n{c}"), 60),
+            tokens(&format!("n{c}"), 400),
             60,
             Duration::from_millis(100),
         )));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.nats.stop();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     cluster.nats.restart();
@@ -252,7 +254,11 @@ async fn nats_stopped_mid_load_gives_451s_never_250_without_ack_then_recovers() 
         .count();
     assert!(
         refused_451 > 0,
-        "451s while NATS was down\n{}",
+        "451s while NATS was down: {:?}\n{}",
+        attempts
+            .iter()
+            .map(|a| format!("{:?}", a.seen))
+            .collect::<std::collections::BTreeSet<_>>(),
         cluster.logs()
     );
     let js = js(&cluster).await;
