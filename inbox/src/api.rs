@@ -387,8 +387,9 @@ async fn webui() -> Json<serde_json::Value> {
     }))
 }
 
-/// Server-sent events: `new` with a message summary, `stats` with the
-/// totals after any change. Ends when the server shuts down.
+/// Server-sent events: `ready` once subscribed, `new` with a message
+/// summary, `changed` after deletes and read marks, `stats` with the
+/// totals after any of them. Ends when the server shuts down.
 async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = s.store.subscribe();
     let store = s.store.clone();
@@ -421,6 +422,10 @@ async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseE
         ))
     })
     .flatten();
+    // `ready` is sent once subscribed: a page that (re)loads its list when
+    // it gets `ready` misses nothing committed before or after.
+    let ready = futures_util::stream::once(async { Ok(SseEvent::default().event("ready").data("{}")) });
+    let stream = ready.chain(stream);
     let shutdown = s.shutdown.clone();
     let stream = stream.take_until(async move { shutdown.cancelled().await });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
