@@ -24,8 +24,8 @@ use serde_json::json;
 
 use crate::{
     id, mime,
-    shutdown::CancelSignal,
     search::Query as Search,
+    shutdown::CancelSignal,
     store::{Event, Selection, Store, StoreError, Summary},
     ui,
 };
@@ -125,9 +125,9 @@ fn paging(q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> ApiResult<
     };
     for (k, v) in pairs {
         let number = |v: &str| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| ApiError::bad(format!("{k} must be a non-negative integer, got {v:?}")))
+            v.trim().parse::<u64>().map_err(|_| {
+                ApiError::bad(format!("{k} must be a non-negative integer, got {v:?}"))
+            })
         };
         match k.as_str() {
             "start" => p.start = number(&v)?,
@@ -219,8 +219,8 @@ fn selected(body: &Bytes) -> ApiResult<Selected> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Selected::default());
     }
-    let sel: Selected =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))?;
+    let sel: Selected = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))?;
     if let Some(bad) = sel.ids.iter().find(|id| !id::is_valid(id)) {
         return Err(ApiError::bad(format!("malformed message ID {bad:?}")));
     }
@@ -257,7 +257,9 @@ async fn stored(s: &AppState, id: &str) -> ApiResult<crate::store::Stored> {
 async fn message(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let m = stored(&s, &id).await?;
     // Mailpit marks a message read when it is fetched.
-    s.store.set_read(Selection::Ids(vec![m.id.clone()]), true).await?;
+    s.store
+        .set_read(Selection::Ids(vec![m.id.clone()]), true)
+        .await?;
     let raw = m.raw.clone();
     let view = tokio::task::spawn_blocking(move || mime::view(&m))
         .await
@@ -289,7 +291,9 @@ async fn part(
 ) -> ApiResult<Response> {
     let valid_part = !part_id.is_empty()
         && part_id.len() <= 64
-        && part_id.split('.').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        && part_id
+            .split('.')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     if !valid_part {
         return Err(ApiError::bad(format!("malformed part ID {part_id:?}")));
     }
@@ -300,7 +304,13 @@ async fn part(
     let file_name: String = data
         .file_name
         .chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
         .unwrap_or(HeaderValue::from_static("attachment"));
@@ -308,9 +318,15 @@ async fn part(
         [
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_DISPOSITION, disposition),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
             // Even opened directly, an attached page runs nothing.
-            (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'")),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("sandbox; default-src 'none'"),
+            ),
         ],
         data.data,
     )
@@ -336,7 +352,11 @@ async fn view(State(s): State<AppState>, Path(file): Path<String>) -> ApiResult<
         .await
         .map_err(|e| StoreError(e.to_string()))?;
     if !html {
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], v.text).into_response());
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            v.text,
+        )
+            .into_response());
     }
     if v.html.is_empty() {
         return Err(ApiError::not_found());
@@ -365,7 +385,9 @@ async fn view(State(s): State<AppState>, Path(file): Path<String>) -> ApiResult<
 
 async fn info(State(s): State<AppState>) -> Json<serde_json::Value> {
     let (total, unread) = s.store.stats();
-    let size = std::fs::metadata(s.store.path()).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(s.store.path())
+        .map(|m| m.len())
+        .unwrap_or(0);
     Json(json!({
         "Version": concat!("smtpsrv-inbox ", env!("CARGO_PKG_VERSION")),
         "LatestVersion": "",
@@ -390,7 +412,9 @@ async fn webui() -> Json<serde_json::Value> {
 /// Server-sent events: `ready` once subscribed, `new` with a message
 /// summary, `changed` after deletes and read marks, `stats` with the
 /// totals after any of them. Ends when the server shuts down.
-async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = s.store.subscribe();
     let store = s.store.clone();
     let stream = futures_util::stream::unfold((rx, store), |(mut rx, store)| async move {
@@ -424,7 +448,8 @@ async fn events(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<SseE
     .flatten();
     // `ready` is sent once subscribed: a page that (re)loads its list when
     // it gets `ready` misses nothing committed before or after.
-    let ready = futures_util::stream::once(async { Ok(SseEvent::default().event("ready").data("{}")) });
+    let ready =
+        futures_util::stream::once(async { Ok(SseEvent::default().event("ready").data("{}")) });
     let stream = ready.chain(stream);
     let shutdown = s.shutdown.clone();
     let stream = stream.take_until(async move { shutdown.cancelled().await });

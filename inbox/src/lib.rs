@@ -81,7 +81,8 @@ pub async fn run(
         store: store.clone(),
         shutdown: cancel.clone(),
     });
-    let http = axum::serve(http, app).with_graceful_shutdown(async move { http_stop.cancelled().await });
+    let http =
+        axum::serve(http, app).with_graceful_shutdown(async move { http_stop.cancelled().await });
     let (smtp_result, http_result) = tokio::join!(smtp.into_future(), http.into_future());
     store.close().await;
     tracing::info!("inbox stopped");

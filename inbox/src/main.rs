@@ -19,10 +19,20 @@ use smtpsrv::{Authenticate, BoxError, Identity, Server, tls::TlsConfig};
 #[command(name = "smtpsrv-inbox", version)]
 struct Args {
     /// SMTP bind interface and port.
-    #[arg(short = 's', long, value_name = "ADDR", default_value = "127.0.0.1:1025")]
+    #[arg(
+        short = 's',
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:1025"
+    )]
     smtp: String,
     /// HTTP bind interface and port for the web UI and API.
-    #[arg(short = 'l', long, value_name = "ADDR", default_value = "127.0.0.1:8025")]
+    #[arg(
+        short = 'l',
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8025"
+    )]
     listen: String,
     /// Database file for persistent storage (default: a temporary database, removed on exit).
     #[arg(short = 'd', long, visible_alias = "db-file", value_name = "FILE")]
@@ -128,13 +138,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -162,7 +173,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("smtpsrv-inbox: runtime: {e}");

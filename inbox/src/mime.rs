@@ -92,7 +92,12 @@ fn addresses(list: Vec<Mailbox>) -> Vec<Address> {
 
 /// What the store keeps for a received message. Never fails: a message
 /// mail-parser cannot read is stored with empty fields, never dropped.
-pub fn extract(raw: Bytes, return_path: String, recipients: &[String], created_ms: i64) -> NewMessage {
+pub fn extract(
+    raw: Bytes,
+    return_path: String,
+    recipients: &[String],
+    created_ms: i64,
+) -> NewMessage {
     let mut m = NewMessage {
         created_ms,
         return_path,
@@ -108,12 +113,11 @@ pub fn extract(raw: Bytes, return_path: String, recipients: &[String], created_m
         m.reply_to = addresses(email.reply_to());
         // Like Mailpit: envelope recipients named in no header were Bcc'd.
         for rcpt in recipients {
-            let named = m
-                .to
-                .iter()
-                .chain(&m.cc)
-                .chain(&m.bcc)
-                .any(|a| a.address.eq_ignore_ascii_case(rcpt));
+            let named =
+                m.to.iter()
+                    .chain(&m.cc)
+                    .chain(&m.bcc)
+                    .any(|a| a.address.eq_ignore_ascii_case(rcpt));
             if !named {
                 m.bcc.push(Address {
                     name: String::new(),
@@ -123,7 +127,10 @@ pub fn extract(raw: Bytes, return_path: String, recipients: &[String], created_m
         }
         let message = email.message();
         m.attachments = part_list(message).0.len() as u32;
-        m.body = message.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
+        m.body = message
+            .body_text(0)
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
         m.snippet = snippet(&m.body);
     }
     m.raw = raw;
@@ -135,7 +142,11 @@ pub fn snippet(text: &str) -> String {
     let mut out = String::new();
     let mut count = 0;
     for word in text.split_whitespace() {
-        for c in (!out.is_empty()).then_some(' ').into_iter().chain(word.chars()) {
+        for c in (!out.is_empty())
+            .then_some(' ')
+            .into_iter()
+            .chain(word.chars())
+        {
             if count == SNIPPET_CHARS {
                 return out;
             }
@@ -150,7 +161,12 @@ pub fn snippet(text: &str) -> String {
 pub fn view(stored: &Stored) -> MessageView {
     let created = crate::time::rfc3339_ms(stored.created_ms);
     let email = Email::parse(stored.raw.clone()).ok();
-    let summary = extract(stored.raw.clone(), stored.return_path.clone(), &[], stored.created_ms);
+    let summary = extract(
+        stored.raw.clone(),
+        stored.return_path.clone(),
+        &[],
+        stored.created_ms,
+    );
     let (attachments, inline) = email
         .as_ref()
         .map(|e| {
@@ -179,7 +195,10 @@ pub fn view(stored: &Stored) -> MessageView {
             .unwrap_or(created),
         tags: Vec::new(),
         text: summary.body,
-        html: email.as_ref().and_then(|e| e.html_body()).unwrap_or_default(),
+        html: email
+            .as_ref()
+            .and_then(|e| e.html_body())
+            .unwrap_or_default(),
         size: stored.raw.len() as u64,
         inline,
         attachments,
@@ -215,7 +234,10 @@ fn media_type(part: &MessagePart<'_>) -> String {
 }
 
 fn is_inline(part: &MessagePart<'_>) -> bool {
-    part.content_id().is_some() && !part.content_disposition().is_some_and(|d| d.is_attachment())
+    part.content_id().is_some()
+        && !part
+            .content_disposition()
+            .is_some_and(|d| d.is_attachment())
 }
 
 /// Every part's ID, by mail-parser's part index.
@@ -228,7 +250,9 @@ fn part_ids(message: &Message<'_>) -> Vec<Option<String>> {
         if guard > message.parts.len() * 2 + 1 {
             break; // a cycle cannot happen, but never loop unbounded
         }
-        let Some(part) = message.parts.get(index as usize) else { continue };
+        let Some(part) = message.parts.get(index as usize) else {
+            continue;
+        };
         if let PartType::Multipart(children) = &part.body {
             for (n, child) in children.iter().enumerate() {
                 let child_id = if id.is_empty() {
@@ -253,7 +277,9 @@ fn part_list<'m, 'x>(message: &'m Message<'x>) -> (Parts<'m, 'x>, Parts<'m, 'x>)
     let mut attachments = Vec::new();
     let mut inline = Vec::new();
     for &index in &message.attachments {
-        let (Some(part), Some(Some(id))) = (message.parts.get(index as usize), ids.get(index as usize)) else {
+        let (Some(part), Some(Some(id))) =
+            (message.parts.get(index as usize), ids.get(index as usize))
+        else {
             continue;
         };
         if is_inline(part) {
@@ -338,7 +364,10 @@ fn decode_qp(body: &[u8]) -> Vec<u8> {
         match body[i] {
             b'=' if body.get(i + 1) == Some(&b'\r') && body.get(i + 2) == Some(&b'\n') => i += 3,
             b'=' if body.get(i + 1) == Some(&b'\n') => i += 2,
-            b'=' => match (body.get(i + 1).and_then(|&b| hex(b)), body.get(i + 2).and_then(|&b| hex(b))) {
+            b'=' => match (
+                body.get(i + 1).and_then(|&b| hex(b)),
+                body.get(i + 2).and_then(|&b| hex(b)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 3;
@@ -365,7 +394,9 @@ fn decode_qp(body: &[u8]) -> Vec<u8> {
 /// sorted; values unfolded and trimmed, not decoded — like Mailpit.
 pub fn headers(raw: &Bytes) -> BTreeMap<String, Vec<String>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let Ok(email) = Email::parse(raw.clone()) else { return map };
+    let Ok(email) = Email::parse(raw.clone()) else {
+        return map;
+    };
     for h in email.message().root_part().headers.iter() {
         let value = raw
             .get(h.offset_start as usize..h.offset_end as usize)
@@ -375,7 +406,9 @@ pub fn headers(raw: &Bytes) -> BTreeMap<String, Vec<String>> {
             .replace('\n', "")
             .trim()
             .to_owned();
-        map.entry(canonical_key(h.name.as_str())).or_default().push(value);
+        map.entry(canonical_key(h.name.as_str()))
+            .or_default()
+            .push(value);
     }
     map
 }
@@ -385,7 +418,10 @@ fn canonical_key(name: &str) -> String {
         .map(|w| {
             let mut c = w.chars();
             match c.next() {
-                Some(f) => f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect(),
+                Some(f) => f
+                    .to_uppercase()
+                    .chain(c.flat_map(char::to_lowercase))
+                    .collect(),
                 None => String::new(),
             }
         })
@@ -412,17 +448,34 @@ mod tests {
     #[test]
     fn parts_have_mailpit_ids_and_exact_bytes() {
         let raw = Bytes::from_static(MIXED.as_bytes());
-        let m = extract(raw.clone(), "ann@example.com".into(), &["carl@example.net".into()], 0);
+        let m = extract(
+            raw.clone(),
+            "ann@example.com".into(),
+            &["carl@example.net".into()],
+            0,
+        );
         assert_eq!(m.subject, "Files");
         assert_eq!(m.message_id, "m1@example.com");
         assert_eq!(m.attachments, 2);
         assert_eq!(m.snippet, "Hello there");
-        assert_eq!(m.bcc[0].address, "carl@example.net", "envelope-only recipient is Bcc");
-        let v = view(&Stored { id: "x".into(), created_ms: 0, return_path: String::new(), raw: raw.clone() });
+        assert_eq!(
+            m.bcc[0].address, "carl@example.net",
+            "envelope-only recipient is Bcc"
+        );
+        let v = view(&Stored {
+            id: "x".into(),
+            created_ms: 0,
+            return_path: String::new(),
+            raw: raw.clone(),
+        });
         let ids: Vec<_> = v.attachments.iter().map(|a| a.part_id.as_str()).collect();
         assert_eq!(ids, ["2", "3"]);
         assert_eq!(v.html.trim(), "<p>Hello</p>");
-        assert_eq!(part(&raw, "2").unwrap().data, b"caf\xe9", "latin-1 kept, not converted");
+        assert_eq!(
+            part(&raw, "2").unwrap().data,
+            b"caf\xe9",
+            "latin-1 kept, not converted"
+        );
         assert_eq!(part(&raw, "3").unwrap().data, [0, 1, 2, 255]);
         assert_eq!(part(&raw, "1.1").unwrap().content_type, "text/plain");
         assert!(part(&raw, "9").is_none());

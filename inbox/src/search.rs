@@ -108,8 +108,18 @@ impl Query {
 fn term(word: &str, negated: bool) -> Term {
     let lower = word.to_ascii_lowercase();
     match lower.as_str() {
-        "is:read" => return Term::Flag { sql: "read = 1", negated },
-        "is:unread" => return Term::Flag { sql: "read = 0", negated },
+        "is:read" => {
+            return Term::Flag {
+                sql: "read = 1",
+                negated,
+            };
+        }
+        "is:unread" => {
+            return Term::Flag {
+                sql: "read = 0",
+                negated,
+            };
+        }
         "has:attachment" | "has:attachments" => {
             return Term::Flag {
                 sql: "attachments > 0",

@@ -176,7 +176,10 @@ impl Stats {
 }
 
 enum Write {
-    Insert(Box<NewMessage>, oneshot::Sender<Result<Summary, StoreError>>),
+    Insert(
+        Box<NewMessage>,
+        oneshot::Sender<Result<Summary, StoreError>>,
+    ),
     SetRead(Selection, bool, oneshot::Sender<Result<usize, StoreError>>),
     Delete(Selection, oneshot::Sender<Result<usize, StoreError>>),
     /// Commit what came before, then stop.
@@ -355,7 +358,8 @@ impl Store {
     pub async fn summary(&self, id: &str) -> Result<Option<Summary>, StoreError> {
         let id = id.to_owned();
         self.read(move |c| {
-            let mut st = c.prepare_cached(&format!("SELECT {SUMMARY} FROM messages WHERE uid = ?1"))?;
+            let mut st =
+                c.prepare_cached(&format!("SELECT {SUMMARY} FROM messages WHERE uid = ?1"))?;
             Ok(st.query_row([&id], summary_row).optional()?)
         })
         .await
@@ -702,7 +706,10 @@ fn delete(c: &Connection, which: &Selection) -> Result<usize, StoreError> {
 fn delete_doomed(c: &Connection) -> Result<usize, StoreError> {
     c.execute("DELETE FROM raw WHERE id IN (SELECT id FROM doomed)", [])?;
     c.execute("DELETE FROM fts WHERE rowid IN (SELECT id FROM doomed)", [])?;
-    let n = c.execute("DELETE FROM messages WHERE id IN (SELECT id FROM doomed)", [])?;
+    let n = c.execute(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM doomed)",
+        [],
+    )?;
     c.execute("DELETE FROM doomed", [])?;
     Ok(n)
 }

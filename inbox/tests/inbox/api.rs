@@ -89,12 +89,20 @@ async fn message_endpoints_follow_mailpit() {
     assert_eq!(s["From"]["Address"], "ann@example.com");
     assert_eq!(s["To"][1]["Address"], "carol@example.net");
     assert_eq!(s["Cc"][0]["Address"], "dave@example.com");
-    assert_eq!(s["Bcc"][0]["Address"], "hidden@example.org", "envelope-only recipient");
+    assert_eq!(
+        s["Bcc"][0]["Address"], "hidden@example.org",
+        "envelope-only recipient"
+    );
     assert_eq!(s["ReplyTo"][0]["Address"], "replies@example.com");
     assert_eq!(s["Subject"], "Quarterly report");
     assert_eq!(s["Size"], MULTIPART.len());
     assert_eq!(s["Attachments"], 1);
-    assert!(s["Snippet"].as_str().unwrap().starts_with("Numbers are up. Café budget"));
+    assert!(
+        s["Snippet"]
+            .as_str()
+            .unwrap()
+            .starts_with("Numbers are up. Café budget")
+    );
     assert!(s["Created"].as_str().unwrap().ends_with('Z'));
 
     let m = inbox.get_json(&format!("/api/v1/message/{id}"), 200).await;
@@ -120,9 +128,14 @@ async fn message_endpoints_follow_mailpit() {
     assert_eq!(list["unread"], 0);
     assert_eq!(list["messages"][0]["Read"], true);
 
-    let h = inbox.get_json(&format!("/api/v1/message/{id}/headers"), 200).await;
+    let h = inbox
+        .get_json(&format!("/api/v1/message/{id}/headers"), 200)
+        .await;
     assert_eq!(h["Subject"], serde_json::json!(["Quarterly report"]));
-    assert_eq!(h["Message-Id"], serde_json::json!(["<report-1@example.com>"]));
+    assert_eq!(
+        h["Message-Id"],
+        serde_json::json!(["<report-1@example.com>"])
+    );
     let keys: Vec<_> = h.as_object().unwrap().keys().cloned().collect();
     let mut sorted = keys.clone();
     sorted.sort();
@@ -131,13 +144,25 @@ async fn message_endpoints_follow_mailpit() {
     let (status, raw, headers) = inbox.get_bytes(&format!("/api/v1/message/{id}/raw")).await;
     assert_eq!(status, 200);
     assert_eq!(raw, MULTIPART, "raw source is byte-exact");
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
 
-    let (status, part, headers) = inbox.get_bytes(&format!("/api/v1/message/{id}/part/2")).await;
+    let (status, part, headers) = inbox
+        .get_bytes(&format!("/api/v1/message/{id}/part/2"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(part, BUDGET);
     assert_eq!(headers["content-type"], "application/octet-stream");
-    assert!(headers["content-disposition"].to_str().unwrap().contains("budget.bin"));
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("budget.bin")
+    );
 
     // `latest` works for every message route.
     let latest = inbox.get_json("/api/v1/message/latest", 200).await;
@@ -151,12 +176,22 @@ async fn message_endpoints_follow_mailpit() {
     let (status, html, headers) = inbox.get_bytes(&format!("/view/{id}.html")).await;
     assert_eq!(status, 200);
     let csp = headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("sandbox") && csp.contains("default-src 'none'"), "{csp}");
+    assert!(
+        csp.contains("sandbox") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
     let html = String::from_utf8(html).unwrap();
-    assert!(html.contains(&format!("/api/v1/message/{id}/part/1.2")), "cid: rewritten: {html}");
+    assert!(
+        html.contains(&format!("/api/v1/message/{id}/part/1.2")),
+        "cid: rewritten: {html}"
+    );
     let (status, text, _) = inbox.get_bytes("/view/latest.txt").await;
     assert_eq!(status, 200);
-    assert!(String::from_utf8(text).unwrap().contains(".leading dot line"));
+    assert!(
+        String::from_utf8(text)
+            .unwrap()
+            .contains(".leading dot line")
+    );
 
     let info = inbox.get_json("/api/v1/info", 200).await;
     assert_eq!(info["Messages"], 1);
@@ -175,7 +210,9 @@ async fn paging_newest_first_and_pruning_to_max() {
         subjects(&list),
         ["msg 8", "msg 7", "msg 6", "msg 5", "msg 4"]
     );
-    let page = inbox.get_json("/api/v1/messages?start=2&limit=2", 200).await;
+    let page = inbox
+        .get_json("/api/v1/messages?start=2&limit=2", 200)
+        .await;
     assert_eq!(subjects(&page), ["msg 6", "msg 5"]);
     assert_eq!(page["start"], 2);
     assert_eq!(page["count"], 2);
@@ -183,7 +220,9 @@ async fn paging_newest_first_and_pruning_to_max() {
     let past = inbox.get_json("/api/v1/messages?start=50", 200).await;
     assert_eq!(subjects(&past), Vec::<String>::new());
     // The pruned messages are gone from search too.
-    let s = inbox.get_json("/api/v1/search?query=subject:msg", 200).await;
+    let s = inbox
+        .get_json("/api/v1/search?query=subject:msg", 200)
+        .await;
     assert_eq!(s["messages_count"], 5);
 }
 
@@ -191,9 +230,24 @@ async fn paging_newest_first_and_pruning_to_max() {
 async fn search_read_marks_and_deletes() {
     let inbox = Inbox::start(&[]);
     let mails = [
-        ("jane@shop.example", "orders@corp.example", "Your invoice 42", "Pay by Friday"),
-        ("news@list.example", "bob@corp.example", "Weekly newsletter", "Invoice tips inside"),
-        ("jane@shop.example", "bob@corp.example", "Shipping update", "Your parcel left"),
+        (
+            "jane@shop.example",
+            "orders@corp.example",
+            "Your invoice 42",
+            "Pay by Friday",
+        ),
+        (
+            "news@list.example",
+            "bob@corp.example",
+            "Weekly newsletter",
+            "Invoice tips inside",
+        ),
+        (
+            "jane@shop.example",
+            "bob@corp.example",
+            "Shipping update",
+            "Your parcel left",
+        ),
     ];
     for (from, to, subject, body) in mails {
         let reply = smtp_send(inbox.smtp, from, &[to], &simple(from, to, subject, body)).await;
@@ -207,12 +261,25 @@ async fn search_read_marks_and_deletes() {
         s.sort();
         (s, v)
     };
-    assert_eq!(q("from:jane@shop.example").await.0, ["Shipping update", "Your invoice 42"]);
-    assert_eq!(q("to:bob").await.0, ["Shipping update", "Weekly newsletter"]);
+    assert_eq!(
+        q("from:jane@shop.example").await.0,
+        ["Shipping update", "Your invoice 42"]
+    );
+    assert_eq!(
+        q("to:bob").await.0,
+        ["Shipping update", "Weekly newsletter"]
+    );
     assert_eq!(q("subject:invoice").await.0, ["Your invoice 42"]);
-    assert_eq!(q("invoice").await.0, ["Weekly newsletter", "Your invoice 42"], "subject or body");
+    assert_eq!(
+        q("invoice").await.0,
+        ["Weekly newsletter", "Your invoice 42"],
+        "subject or body"
+    );
     assert_eq!(q("invoice -from:jane").await.0, ["Weekly newsletter"]);
-    assert_eq!(q("subject:\"shipping update\"").await.0, ["Shipping update"]);
+    assert_eq!(
+        q("subject:\"shipping update\"").await.0,
+        ["Shipping update"]
+    );
     assert_eq!(q("nomatchanywhere").await.0, Vec::<String>::new());
     let (_, v) = q("from:jane").await;
     assert_eq!(v["messages_count"], 2);
@@ -226,11 +293,18 @@ async fn search_read_marks_and_deletes() {
 
     // Mark two read, then all unread again.
     let body = serde_json::json!({ "IDs": ids, "Read": true }).to_string();
-    assert_eq!(inbox.send_body(Method::PUT, "/api/v1/messages", &body).await, (200, "ok".into()));
+    assert_eq!(
+        inbox
+            .send_body(Method::PUT, "/api/v1/messages", &body)
+            .await,
+        (200, "ok".into())
+    );
     assert_eq!(inbox.get_json("/api/v1/messages", 200).await["unread"], 1);
     assert_eq!(q("is:read").await.0, ["Shipping update", "Your invoice 42"]);
     assert_eq!(q("is:unread").await.0, ["Weekly newsletter"]);
-    let (status, _) = inbox.send_body(Method::PUT, "/api/v1/messages", r#"{"Read": false}"#).await;
+    let (status, _) = inbox
+        .send_body(Method::PUT, "/api/v1/messages", r#"{"Read": false}"#)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(inbox.get_json("/api/v1/messages", 200).await["unread"], 3);
 
@@ -244,15 +318,36 @@ async fn search_read_marks_and_deletes() {
     assert_eq!(r.status(), 200);
     assert_eq!(inbox.get_json("/api/v1/messages", 200).await["total"], 2);
     let body = serde_json::json!({ "IDs": [ids[0]] }).to_string();
-    assert_eq!(inbox.send_body(Method::DELETE, "/api/v1/messages", &body).await.0, 200);
+    assert_eq!(
+        inbox
+            .send_body(Method::DELETE, "/api/v1/messages", &body)
+            .await
+            .0,
+        200
+    );
     let left = inbox.get_json("/api/v1/messages", 200).await;
     assert_eq!(left["total"], 1);
     assert_eq!(left["messages"][0]["ID"], ids[1].as_str());
-    inbox.get_json(&format!("/api/v1/message/{}", ids[0]), 404).await;
-    assert_eq!(inbox.send_body(Method::DELETE, "/api/v1/messages", "").await.0, 200);
+    inbox
+        .get_json(&format!("/api/v1/message/{}", ids[0]), 404)
+        .await;
+    assert_eq!(
+        inbox
+            .send_body(Method::DELETE, "/api/v1/messages", "")
+            .await
+            .0,
+        200
+    );
     let empty = inbox.get_json("/api/v1/messages", 200).await;
-    assert_eq!((empty["total"].clone(), empty["unread"].clone()), (0.into(), 0.into()));
-    assert_eq!(q("jane").await.0, Vec::<String>::new(), "deleted from the index too");
+    assert_eq!(
+        (empty["total"].clone(), empty["unread"].clone()),
+        (0.into(), 0.into())
+    );
+    assert_eq!(
+        q("jane").await.0,
+        Vec::<String>::new(),
+        "deleted from the index too"
+    );
 }
 
 fn urlencode(s: &str) -> String {
@@ -309,19 +404,35 @@ async fn unknown_ids_are_404_and_malformed_requests_400() {
         (Method::DELETE, r#"{"IDs": ["bad id!"]}"#),
         (Method::DELETE, "[1,2]"),
     ] {
-        let (status, text) = inbox.send_body(method.clone(), "/api/v1/messages", body).await;
+        let (status, text) = inbox
+            .send_body(method.clone(), "/api/v1/messages", body)
+            .await;
         assert_eq!(status, 400, "{method} {body}: {text}");
         assert!(text.contains("\"Error\""), "{text}");
     }
     // Hostile search syntax is a query, not an FTS5 or SQL error.
-    for query in ["\"", "a OR", "NEAR(", "*", "subject:", "') OR 1=1 --", "from:\"unterminated", "-", "!!"] {
+    for query in [
+        "\"",
+        "a OR",
+        "NEAR(",
+        "*",
+        "subject:",
+        "') OR 1=1 --",
+        "from:\"unterminated",
+        "-",
+        "!!",
+    ] {
         let r = inbox
             .client
             .get(inbox.url(&format!("/api/v1/search?query={}", urlencode(query))))
             .send()
             .await
             .unwrap();
-        assert!(r.status() == 200 || r.status() == 400, "{query:?}: {}", r.status());
+        assert!(
+            r.status() == 200 || r.status() == 400,
+            "{query:?}: {}",
+            r.status()
+        );
     }
     // Nothing was lost along the way.
     assert_eq!(inbox.get_json("/api/v1/messages", 200).await["total"], 1);
@@ -335,7 +446,10 @@ async fn persistent_database_survives_graceful_restart() {
     let mut first = Inbox::start(&["--database", db]);
     smtp_send(first.smtp, "a@example.com", &["b@example.com"], MULTIPART).await;
     let status = first.terminate();
-    assert!(status.success(), "SIGTERM stops both servers cleanly: {status}");
+    assert!(
+        status.success(),
+        "SIGTERM stops both servers cleanly: {status}"
+    );
     let second = Inbox::start(&["--db-file", db]);
     let list = second.get_json("/api/v1/messages", 200).await;
     assert_eq!(list["total"], 1);
@@ -379,7 +493,12 @@ async fn smtp_auth_options() {
     // base64("\0ann\0wrong") and base64("\0ann\0secret")
     let r = talk(&["EHLO x", "AUTH PLAIN AGFubgB3cm9uZw=="]).await;
     assert!(r[1].starts_with("535"), "{r:?}");
-    let r = talk(&["EHLO x", "AUTH PLAIN AGFubgBzZWNyZXQ=", "MAIL FROM:<a@example.com>"]).await;
+    let r = talk(&[
+        "EHLO x",
+        "AUTH PLAIN AGFubgBzZWNyZXQ=",
+        "MAIL FROM:<a@example.com>",
+    ])
+    .await;
     assert!(r[1].starts_with("235") && r[2].starts_with("250"), "{r:?}");
     drop(inbox);
 

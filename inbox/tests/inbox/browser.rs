@@ -95,14 +95,24 @@ async fn web_ui_in_headless_chromium() {
     let canary = Canary::start().await;
     let browser = Browser::start().await;
     browser.goto(&inbox.url("/")).await;
-    browser.wait_for("#list li.empty", 20, "the empty list renders").await;
+    browser
+        .wait_for("#list li.empty", 20, "the empty list renders")
+        .await;
     // Let the list reload that follows the event stream's `ready` settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A marker that a reload would wipe out.
-    browser.exec("window.__noReload = 42; return true;", json!([])).await;
+    browser
+        .exec("window.__noReload = 42; return true;", json!([]))
+        .await;
 
     // 1. A message sent over SMTP appears without reloading.
-    let reply = smtp_send(inbox.smtp, "ann@example.com", &["bob@example.org"], MULTIPART).await;
+    let reply = smtp_send(
+        inbox.smtp,
+        "ann@example.com",
+        &["bob@example.org"],
+        MULTIPART,
+    )
+    .await;
     assert!(reply.starts_with("250"), "{reply}");
     browser
         .wait_until(
@@ -118,7 +128,11 @@ async fn web_ui_in_headless_chromium() {
         json!(42),
         "the page was not reloaded"
     );
-    assert_eq!(browser.find_all("#list li.unread").await.len(), 1, "marked unread");
+    assert_eq!(
+        browser.find_all("#list li.unread").await.len(),
+        1,
+        "marked unread"
+    );
 
     // 2. Clicking shows subject, text and HTML; the message becomes read.
     browser.click(&row).await;
@@ -130,24 +144,40 @@ async fn web_ui_in_headless_chromium() {
         )
         .await;
     let text = browser
-        .exec("return document.getElementById('tab-text').textContent;", json!([]))
+        .exec(
+            "return document.getElementById('tab-text').textContent;",
+            json!([]),
+        )
         .await;
-    assert!(text.as_str().unwrap().contains("Café budget attached."), "{text}");
-    assert!(browser.find_all("#list li.unread").await.is_empty(), "read after opening");
+    assert!(
+        text.as_str().unwrap().contains("Café budget attached."),
+        "{text}"
+    );
+    assert!(
+        browser.find_all("#list li.unread").await.is_empty(),
+        "read after opening"
+    );
     let frame = browser.wait_for("#html-frame", 5, "the HTML frame").await;
     browser.frame(Some(&frame)).await;
-    let bold = browser.wait_for("b", 10, "the HTML body renders in the frame").await;
+    let bold = browser
+        .wait_for("b", 10, "the HTML body renders in the frame")
+        .await;
     assert_eq!(browser.text(&bold).await, "up");
     browser.frame(None).await;
     browser.screenshot(&screenshots().join("message.png")).await;
 
     // 3. The attachment downloads byte-exact.
-    let link = browser.wait_for("#attachments a", 5, "the attachment link").await;
+    let link = browser
+        .wait_for("#attachments a", 5, "the attachment link")
+        .await;
     browser.click(&link).await;
     let file = browser.downloads.join("budget.bin");
     let deadline = Instant::now() + Duration::from_secs(15);
     while !file.exists() {
-        assert!(Instant::now() < deadline, "budget.bin was not downloaded within 15 s");
+        assert!(
+            Instant::now() < deadline,
+            "budget.bin was not downloaded within 15 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut bytes = std::fs::read(&file).unwrap();
@@ -161,7 +191,13 @@ async fn web_ui_in_headless_chromium() {
     assert_eq!(bytes, BUDGET, "downloaded attachment is byte-exact");
 
     // 4. Hostile HTML: neither <script> nor onerror runs, nothing remote loads.
-    smtp_send(inbox.smtp, "mallory@evil.example", &["bob@example.org"], &hostile_message(canary.port)).await;
+    smtp_send(
+        inbox.smtp,
+        "mallory@evil.example",
+        &["bob@example.org"],
+        &hostile_message(canary.port),
+    )
+    .await;
     browser
         .wait_until(
             "return document.querySelectorAll('#list li[data-id]').length === 2;",
@@ -181,15 +217,26 @@ async fn web_ui_in_headless_chromium() {
         .await;
     let frame = browser.wait_for("#html-frame", 5, "the HTML frame").await;
     browser.frame(Some(&frame)).await;
-    browser.wait_for("#hostile", 10, "the hostile body renders").await;
+    browser
+        .wait_for("#hostile", 10, "the hostile body renders")
+        .await;
     browser.frame(None).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(canary.hits(), Vec::<String>::new(), "no script, handler or remote load reached loopback");
-    assert!(!browser.title().await.contains("pwned"), "the parent title is untouched");
+    assert_eq!(
+        canary.hits(),
+        Vec::<String>::new(),
+        "no script, handler or remote load reached loopback"
+    );
+    assert!(
+        !browser.title().await.contains("pwned"),
+        "the parent title is untouched"
+    );
 
     // 5. Search narrows the list.
     let search = browser.wait_for("#search", 5, "the search box").await;
-    browser.type_text(&search, "subject:quarterly\u{E007}").await;
+    browser
+        .type_text(&search, "subject:quarterly\u{E007}")
+        .await;
     browser
         .wait_until(
             "const r = document.querySelectorAll('#list li[data-id]'); \
@@ -201,7 +248,10 @@ async fn web_ui_in_headless_chromium() {
 
     // Control: the same HTML outside the sandbox does reach the canary, so
     // the silence above is the sandbox's doing, not a broken canary.
-    let control = format!("data:text/html;charset=utf-8,{}", percent(&hostile_html(canary.port)));
+    let control = format!(
+        "data:text/html;charset=utf-8,{}",
+        percent(&hostile_html(canary.port))
+    );
     browser.goto(&control).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -211,7 +261,10 @@ async fn web_ui_in_headless_chromium() {
         if hits.len() >= 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "control page did not reach the canary: {hits:?}");
+        assert!(
+            Instant::now() < deadline,
+            "control page did not reach the canary: {hits:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -25,7 +25,13 @@ impl Inbox {
     /// Starts the binary on free loopback ports with extra `args`.
     pub fn start(args: &[&str]) -> Inbox {
         let mut child = Command::new(env!("CARGO_BIN_EXE_smtpsrv-inbox"))
-            .args(["--smtp", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--quiet"])
+            .args([
+                "--smtp",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.1:0",
+                "--quiet",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -83,7 +89,12 @@ impl Inbox {
     }
 
     /// `method path` with a raw body; returns (status, body).
-    pub async fn send_body(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, String) {
+    pub async fn send_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
         let r = self
             .client
             .request(method, self.url(path))
@@ -146,10 +157,14 @@ pub async fn smtp_send(addr: SocketAddr, from: &str, to: &[&str], raw: &[u8]) ->
     expect(&mut r, "220").await;
     w.write_all(b"EHLO test.example\r\n").await.unwrap();
     expect(&mut r, "250").await;
-    w.write_all(format!("MAIL FROM:<{from}>\r\n").as_bytes()).await.unwrap();
+    w.write_all(format!("MAIL FROM:<{from}>\r\n").as_bytes())
+        .await
+        .unwrap();
     expect(&mut r, "250").await;
     for rcpt in to {
-        w.write_all(format!("RCPT TO:<{rcpt}>\r\n").as_bytes()).await.unwrap();
+        w.write_all(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
+            .await
+            .unwrap();
         expect(&mut r, "250").await;
     }
     w.write_all(b"DATA\r\n").await.unwrap();

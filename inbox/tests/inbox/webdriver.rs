@@ -64,7 +64,10 @@ impl Browser {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not start within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start within 20 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let profile = tempfile::tempdir().unwrap();
@@ -106,7 +109,10 @@ impl Browser {
         if method != reqwest::Method::GET && method != reqwest::Method::DELETE {
             req = req.json(&body);
         }
-        let r = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let r = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "{method} {path}: {status} {v}");
@@ -119,26 +125,43 @@ impl Browser {
     }
 
     pub async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", json!({ "url": url })).await;
+        self.cmd(reqwest::Method::POST, "/url", json!({ "url": url }))
+            .await;
     }
 
     pub async fn title(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/title", Value::Null).await.as_str().unwrap_or_default().to_owned()
+        self.cmd(reqwest::Method::GET, "/title", Value::Null)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`).
     pub async fn exec(&self, script: &str, args: Value) -> Value {
-        self.cmd(reqwest::Method::POST, "/execute/sync", json!({ "script": script, "args": args }))
-            .await
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({ "script": script, "args": args }),
+        )
+        .await
     }
 
     /// Elements matching a CSS selector, now.
     pub async fn find_all(&self, css: &str) -> Vec<Element> {
         let v = self
-            .cmd(reqwest::Method::POST, "/elements", json!({ "using": "css selector", "value": css }))
+            .cmd(
+                reqwest::Method::POST,
+                "/elements",
+                json!({ "using": "css selector", "value": css }),
+            )
             .await;
         v.as_array()
-            .map(|a| a.iter().filter_map(|e| e[ELEMENT].as_str().map(|s| Element(s.into()))).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e[ELEMENT].as_str().map(|s| Element(s.into())))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -149,7 +172,10 @@ impl Browser {
             if let Some(e) = self.find_all(css).await.into_iter().next() {
                 return e;
             }
-            assert!(Instant::now() < deadline, "{what}: `{css}` not found within {secs} s");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: `{css}` not found within {secs} s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -161,26 +187,42 @@ impl Browser {
             if self.exec(script, json!([])).await == Value::Bool(true) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{what}: not true within {secs} s: {script}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not true within {secs} s: {script}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn click(&self, e: &Element) {
-        self.cmd(reqwest::Method::POST, &format!("/element/{}/click", e.0), json!({})).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{}/click", e.0),
+            json!({}),
+        )
+        .await;
     }
 
     pub async fn text(&self, e: &Element) -> String {
-        self.cmd(reqwest::Method::GET, &format!("/element/{}/text", e.0), Value::Null)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.cmd(
+            reqwest::Method::GET,
+            &format!("/element/{}/text", e.0),
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
     }
 
     pub async fn type_text(&self, e: &Element, text: &str) {
-        self.cmd(reqwest::Method::POST, &format!("/element/{}/value", e.0), json!({ "text": text }))
-            .await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{}/value", e.0),
+            json!({ "text": text }),
+        )
+        .await;
     }
 
     /// Switches into an iframe element, or back to the top with `None`.
@@ -189,13 +231,16 @@ impl Browser {
             Some(e) => json!({ ELEMENT: e.0 }),
             None => Value::Null,
         };
-        self.cmd(reqwest::Method::POST, "/frame", json!({ "id": id })).await;
+        self.cmd(reqwest::Method::POST, "/frame", json!({ "id": id }))
+            .await;
     }
 
     /// Saves a PNG screenshot of the page.
     pub async fn screenshot(&self, path: &Path) {
         use base64::Engine as _;
-        let v = self.cmd(reqwest::Method::GET, "/screenshot", Value::Null).await;
+        let v = self
+            .cmd(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().expect("screenshot data"))
             .unwrap();
@@ -212,11 +257,14 @@ impl Drop for Browser {
         let url = format!("{}/session/{}", self.base, self.session);
         let _ = std::thread::scope(|s| {
             s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 if let Ok(rt) = rt {
                     let client = reqwest::Client::new();
                     let _ = rt.block_on(async {
-                        tokio::time::timeout(Duration::from_secs(10), client.delete(&url).send()).await
+                        tokio::time::timeout(Duration::from_secs(10), client.delete(&url).send())
+                            .await
                     });
                 }
             })
