@@ -418,23 +418,16 @@ async fn events(
     let rx = s.store.subscribe();
     let store = s.store.clone();
     let stream = futures_util::stream::unfold((rx, store), |(mut rx, store)| async move {
-        let event = loop {
-            match rx.recv().await {
-                Ok(Event::New(summary)) => {
-                    break SseEvent::default()
-                        .event("new")
-                        .json_data(&*summary)
-                        .unwrap_or_default();
-                }
-                Ok(Event::Changed) => {
-                    break SseEvent::default().event("changed").data("{}");
-                }
-                // Fell behind: the page reloads its list.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    break SseEvent::default().event("changed").data("{}");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let event = match rx.recv().await {
+            Ok(Event::New(summary)) => SseEvent::default()
+                .event("new")
+                .json_data(&*summary)
+                .unwrap_or_default(),
+            // A change, or fell behind: the page reloads its list.
+            Ok(Event::Changed) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                SseEvent::default().event("changed").data("{}")
             }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
         let (total, unread) = store.stats();
         let stats = SseEvent::default()

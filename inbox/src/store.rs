@@ -494,7 +494,7 @@ struct Writer {
 enum Done {
     Insert(
         oneshot::Sender<Result<Summary, StoreError>>,
-        Result<Summary, StoreError>,
+        Box<Result<Summary, StoreError>>,
     ),
     Count(
         oneshot::Sender<Result<usize, StoreError>>,
@@ -536,7 +536,7 @@ impl Writer {
                 match w {
                     Write::Insert(m, reply) => {
                         let r = insert(&tx, &m);
-                        done.push(Done::Insert(reply, r));
+                        done.push(Done::Insert(reply, Box::new(r)));
                     }
                     Write::SetRead(which, read, reply) => {
                         let r = set_read(&tx, &which, read);
@@ -567,7 +567,7 @@ impl Writer {
             match d {
                 Done::Insert(reply, r) => {
                     let r = match &outcome {
-                        Ok(()) => r,
+                        Ok(()) => *r,
                         Err(e) => Err(e.clone()),
                     };
                     if let Ok(s) = &r {
