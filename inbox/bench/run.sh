@@ -34,9 +34,13 @@ if [[ ! -x "$md_dir/node_modules/.bin/maildev" ]]; then
   mkdir -p "$md_dir"; (cd "$md_dir" && npm install --no-audit --no-fund maildev@3 >/dev/null 2>&1)
 fi
 "$md_dir/node_modules/.bin/maildev" --ip 127.0.0.1 --smtp 21025 --web 21080 --silent >/dev/null 2>&1 & md=$!
-sleep 3
-log "maildev $(node -e 'console.log(require(process.argv[1]).version)' "$md_dir/node_modules/maildev/package.json"): W1 ingest $(ingest 21025 "$N") msgs/s ($N x 10 KiB), RSS $(rss $md)"
-kill $md; wait $md 2>/dev/null || true
+md_version=$(node -e 'console.log(require(process.argv[1]).version)' "$md_dir/node_modules/maildev/package.json")
+if timeout 10 bash -c 'until (echo >/dev/tcp/127.0.0.1/21025) 2>/dev/null; do sleep 0.2; done'; then
+  log "maildev $md_version: W1 ingest $(ingest 21025 "$N") msgs/s ($N x 10 KiB), RSS $(rss $md)"
+else
+  log "maildev $md_version did not listen on 127.0.0.1:21025 (it needs Node >= 22; this is $(node --version))"
+fi
+kill $md 2>/dev/null; wait $md 2>/dev/null || true
 
 # --- smtpsrv-inbox (SQLite file, WAL, FTS5)
 target/release/smtpsrv-inbox --smtp 127.0.0.1:22025 --listen 127.0.0.1:28025 --max 0 \
