@@ -1,0 +1,514 @@
+//! The REST API over HTTP against the running binary.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::support::{Inbox, simple, smtp_send};
+
+/// A multipart message: text + HTML, a binary attachment, an inline image,
+/// a line starting with a dot and 8-bit bytes (kept byte-exact).
+pub const MULTIPART: &[u8] = b"From: Ann Example <ann@example.com>\r\n\
+To: Bob <bob@example.org>, carol@example.net\r\n\
+Cc: dave@example.com\r\n\
+Reply-To: replies@example.com\r\n\
+Subject: Quarterly report\r\n\
+Message-ID: <report-1@example.com>\r\n\
+Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+\r\n\
+--outer\r\n\
+Content-Type: multipart/related; boundary=\"rel\"\r\n\
+\r\n\
+--rel\r\n\
+Content-Type: multipart/alternative; boundary=\"alt\"\r\n\
+\r\n\
+--alt\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n\
+Numbers are up. Caf\xc3\xa9 budget attached.\r\n\
+.leading dot line\r\n\
+--alt\r\n\
+Content-Type: text/html; charset=utf-8\r\n\
+\r\n\
+<p>Numbers are <b>up</b>.</p><img src=\"cid:logo@x\">\r\n\
+--alt--\r\n\
+--rel\r\n\
+Content-Type: image/png\r\n\
+Content-ID: <logo@x>\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+iVBORw0KGgo=\r\n\
+--rel--\r\n\
+--outer\r\n\
+Content-Type: application/octet-stream; name=\"budget.bin\"\r\n\
+Content-Disposition: attachment; filename=\"budget.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+AAECA/7/gIE=\r\n\
+--outer--\r\n";
+
+/// The attachment's decoded bytes.
+pub const BUDGET: &[u8] = &[0, 1, 2, 3, 0xfe, 0xff, 0x80, 0x81];
+
+fn subjects(list: &Value) -> Vec<String> {
+    list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Subject"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn message_endpoints_follow_mailpit() {
+    let inbox = Inbox::start(&[]);
+    let reply = smtp_send(
+        inbox.smtp,
+        "bounce@example.com",
+        &["bob@example.org", "carol@example.net", "hidden@example.org"],
+        MULTIPART,
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+
+    let list = inbox.get_json("/api/v1/messages", 200).await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["unread"], 1);
+    assert_eq!(list["messages_count"], 1);
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["start"], 0);
+    assert_eq!(list["tags"], serde_json::json!([]));
+    let s = &list["messages"][0];
+    let id = s["ID"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 22);
+    assert_eq!(s["MessageID"], "report-1@example.com");
+    assert_eq!(s["Read"], false);
+    assert_eq!(s["From"]["Name"], "Ann Example");
+    assert_eq!(s["From"]["Address"], "ann@example.com");
+    assert_eq!(s["To"][1]["Address"], "carol@example.net");
+    assert_eq!(s["Cc"][0]["Address"], "dave@example.com");
+    assert_eq!(
+        s["Bcc"][0]["Address"], "hidden@example.org",
+        "envelope-only recipient"
+    );
+    assert_eq!(s["ReplyTo"][0]["Address"], "replies@example.com");
+    assert_eq!(s["Subject"], "Quarterly report");
+    assert_eq!(s["Size"], MULTIPART.len());
+    assert_eq!(s["Attachments"], 1);
+    assert!(
+        s["Snippet"]
+            .as_str()
+            .unwrap()
+            .starts_with("Numbers are up. Café budget")
+    );
+    assert!(s["Created"].as_str().unwrap().ends_with('Z'));
+
+    let m = inbox.get_json(&format!("/api/v1/message/{id}"), 200).await;
+    assert_eq!(m["ID"], id.as_str());
+    assert_eq!(m["Subject"], "Quarterly report");
+    assert_eq!(m["ReturnPath"], "bounce@example.com");
+    assert_eq!(m["Date"], "2026-12-01T10:00:00Z");
+    assert!(m["Text"].as_str().unwrap().contains("Café budget"));
+    assert!(m["HTML"].as_str().unwrap().contains("<b>up</b>"));
+    assert_eq!(m["Attachments"].as_array().unwrap().len(), 1);
+    let att = &m["Attachments"][0];
+    assert_eq!(att["FileName"], "budget.bin");
+    assert_eq!(att["ContentType"], "application/octet-stream");
+    assert_eq!(att["Size"], BUDGET.len());
+    assert_eq!(att["PartID"], "2");
+    let inline = &m["Inline"][0];
+    assert_eq!(inline["ContentID"], "logo@x");
+    assert_eq!(inline["ContentType"], "image/png");
+    assert_eq!(inline["PartID"], "1.2");
+
+    // Fetching the message marked it read.
+    let list = inbox.get_json("/api/v1/messages", 200).await;
+    assert_eq!(list["unread"], 0);
+    assert_eq!(list["messages"][0]["Read"], true);
+
+    let h = inbox
+        .get_json(&format!("/api/v1/message/{id}/headers"), 200)
+        .await;
+    assert_eq!(h["Subject"], serde_json::json!(["Quarterly report"]));
+    assert_eq!(
+        h["Message-Id"],
+        serde_json::json!(["<report-1@example.com>"])
+    );
+    let keys: Vec<_> = h.as_object().unwrap().keys().cloned().collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "header keys are sorted");
+
+    let (status, raw, headers) = inbox.get_bytes(&format!("/api/v1/message/{id}/raw")).await;
+    assert_eq!(status, 200);
+    assert_eq!(raw, MULTIPART, "raw source is byte-exact");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+
+    let (status, part, headers) = inbox
+        .get_bytes(&format!("/api/v1/message/{id}/part/2"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(part, BUDGET);
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("budget.bin")
+    );
+
+    // `latest` works for every message route.
+    let latest = inbox.get_json("/api/v1/message/latest", 200).await;
+    assert_eq!(latest["ID"], id.as_str());
+    let (status, raw, _) = inbox.get_bytes("/api/v1/message/latest/raw").await;
+    assert_eq!((status, raw.as_slice()), (200, MULTIPART));
+    let (status, part, _) = inbox.get_bytes("/api/v1/message/latest/part/2").await;
+    assert_eq!((status, part.as_slice()), (200, BUDGET));
+
+    // The HTML view carries the sandbox policy; the text view the text.
+    let (status, html, headers) = inbox.get_bytes(&format!("/view/{id}.html")).await;
+    assert_eq!(status, 200);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("sandbox") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    let html = String::from_utf8(html).unwrap();
+    assert!(
+        html.contains(&format!("/api/v1/message/{id}/part/1.2")),
+        "cid: rewritten: {html}"
+    );
+    let (status, text, _) = inbox.get_bytes("/view/latest.txt").await;
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8(text)
+            .unwrap()
+            .contains(".leading dot line")
+    );
+
+    let info = inbox.get_json("/api/v1/info", 200).await;
+    assert_eq!(info["Messages"], 1);
+}
+
+#[tokio::test]
+async fn paging_newest_first_and_pruning_to_max() {
+    let inbox = Inbox::start(&["--max", "5"]);
+    for n in 1..=8 {
+        let raw = simple("a@example.com", "b@example.com", &format!("msg {n}"), "hi");
+        smtp_send(inbox.smtp, "a@example.com", &["b@example.com"], &raw).await;
+    }
+    let list = inbox.get_json("/api/v1/messages", 200).await;
+    assert_eq!(list["total"], 5, "pruned to --max");
+    assert_eq!(
+        subjects(&list),
+        ["msg 8", "msg 7", "msg 6", "msg 5", "msg 4"]
+    );
+    let page = inbox
+        .get_json("/api/v1/messages?start=2&limit=2", 200)
+        .await;
+    assert_eq!(subjects(&page), ["msg 6", "msg 5"]);
+    assert_eq!(page["start"], 2);
+    assert_eq!(page["count"], 2);
+    assert_eq!(page["messages_count"], 5);
+    let past = inbox.get_json("/api/v1/messages?start=50", 200).await;
+    assert_eq!(subjects(&past), Vec::<String>::new());
+    // The pruned messages are gone from search too.
+    let s = inbox
+        .get_json("/api/v1/search?query=subject:msg", 200)
+        .await;
+    assert_eq!(s["messages_count"], 5);
+}
+
+#[tokio::test]
+async fn search_read_marks_and_deletes() {
+    let inbox = Inbox::start(&[]);
+    let mails = [
+        (
+            "jane@shop.example",
+            "orders@corp.example",
+            "Your invoice 42",
+            "Pay by Friday",
+        ),
+        (
+            "news@list.example",
+            "bob@corp.example",
+            "Weekly newsletter",
+            "Invoice tips inside",
+        ),
+        (
+            "jane@shop.example",
+            "bob@corp.example",
+            "Shipping update",
+            "Your parcel left",
+        ),
+    ];
+    for (from, to, subject, body) in mails {
+        let reply = smtp_send(inbox.smtp, from, &[to], &simple(from, to, subject, body)).await;
+        assert!(reply.starts_with("250"));
+    }
+    let q = async |query: &str| {
+        let v = inbox
+            .get_json(&format!("/api/v1/search?query={}", urlencode(query)), 200)
+            .await;
+        let mut s = subjects(&v);
+        s.sort();
+        (s, v)
+    };
+    assert_eq!(
+        q("from:jane@shop.example").await.0,
+        ["Shipping update", "Your invoice 42"]
+    );
+    assert_eq!(
+        q("to:bob").await.0,
+        ["Shipping update", "Weekly newsletter"]
+    );
+    assert_eq!(q("subject:invoice").await.0, ["Your invoice 42"]);
+    assert_eq!(
+        q("invoice").await.0,
+        ["Weekly newsletter", "Your invoice 42"],
+        "subject or body"
+    );
+    assert_eq!(q("invoice -from:jane").await.0, ["Weekly newsletter"]);
+    assert_eq!(
+        q("subject:\"shipping update\"").await.0,
+        ["Shipping update"]
+    );
+    assert_eq!(q("nomatchanywhere").await.0, Vec::<String>::new());
+    let (_, v) = q("from:jane").await;
+    assert_eq!(v["messages_count"], 2);
+    assert_eq!(v["total"], 3);
+    let ids: Vec<String> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ID"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Mark two read, then all unread again.
+    let body = serde_json::json!({ "IDs": ids, "Read": true }).to_string();
+    assert_eq!(
+        inbox
+            .send_body(Method::PUT, "/api/v1/messages", &body)
+            .await,
+        (200, "ok".into())
+    );
+    assert_eq!(inbox.get_json("/api/v1/messages", 200).await["unread"], 1);
+    assert_eq!(q("is:read").await.0, ["Shipping update", "Your invoice 42"]);
+    assert_eq!(q("is:unread").await.0, ["Weekly newsletter"]);
+    let (status, _) = inbox
+        .send_body(Method::PUT, "/api/v1/messages", r#"{"Read": false}"#)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(inbox.get_json("/api/v1/messages", 200).await["unread"], 3);
+
+    // Delete by search, by ID, then all.
+    let r = inbox
+        .client
+        .delete(inbox.url("/api/v1/search?query=subject%3Anewsletter"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(inbox.get_json("/api/v1/messages", 200).await["total"], 2);
+    let body = serde_json::json!({ "IDs": [ids[0]] }).to_string();
+    assert_eq!(
+        inbox
+            .send_body(Method::DELETE, "/api/v1/messages", &body)
+            .await
+            .0,
+        200
+    );
+    let left = inbox.get_json("/api/v1/messages", 200).await;
+    assert_eq!(left["total"], 1);
+    assert_eq!(left["messages"][0]["ID"], ids[1].as_str());
+    inbox
+        .get_json(&format!("/api/v1/message/{}", ids[0]), 404)
+        .await;
+    assert_eq!(
+        inbox
+            .send_body(Method::DELETE, "/api/v1/messages", "")
+            .await
+            .0,
+        200
+    );
+    let empty = inbox.get_json("/api/v1/messages", 200).await;
+    assert_eq!(
+        (empty["total"].clone(), empty["unread"].clone()),
+        (0.into(), 0.into())
+    );
+    assert_eq!(
+        q("jane").await.0,
+        Vec::<String>::new(),
+        "deleted from the index too"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404_and_malformed_requests_400() {
+    let inbox = Inbox::start(&[]);
+    smtp_send(
+        inbox.smtp,
+        "a@example.com",
+        &["b@example.com"],
+        &simple("a@example.com", "b@example.com", "one", "x"),
+    )
+    .await;
+    let missing = "AAAAAAAAAAAAAAAAAAAAAA";
+    for path in [
+        format!("/api/v1/message/{missing}"),
+        format!("/api/v1/message/{missing}/headers"),
+        format!("/api/v1/message/{missing}/raw"),
+        format!("/api/v1/message/{missing}/part/1"),
+        "/api/v1/message/latest/part/7".into(),
+        format!("/view/{missing}.html"),
+        "/api/v1/nosuchroute".into(),
+    ] {
+        let v = inbox.get_json(&path, 404).await;
+        assert!(v["Error"].is_string(), "{path}: JSON error, got {v}");
+    }
+    for path in [
+        "/api/v1/message/bad%20id",
+        "/api/v1/message/x.y/raw",
+        "/api/v1/message/latest/part/1..2",
+        "/api/v1/message/latest/part/abc",
+        "/api/v1/messages?start=-1",
+        "/api/v1/messages?limit=many",
+        "/api/v1/messages?start=99999999999999999999999",
+        "/api/v1/search",
+        "/api/v1/search?query=",
+        "/api/v1/search?query=%20%20",
+        "/api/v1/search?query=a&start=x",
+    ] {
+        let v = inbox.get_json(path, 400).await;
+        assert!(v["Error"].is_string(), "{path}: JSON error, got {v}");
+    }
+    for (method, body) in [
+        (Method::PUT, "{not json"),
+        (Method::PUT, r#"{"IDs": "one", "Read": true}"#),
+        (Method::DELETE, r#"{"IDs": ["bad id!"]}"#),
+        (Method::DELETE, "[1,2]"),
+    ] {
+        let (status, text) = inbox
+            .send_body(method.clone(), "/api/v1/messages", body)
+            .await;
+        assert_eq!(status, 400, "{method} {body}: {text}");
+        assert!(text.contains("\"Error\""), "{text}");
+    }
+    // Hostile search syntax is a query, not an FTS5 or SQL error.
+    for query in [
+        "\"",
+        "a OR",
+        "NEAR(",
+        "*",
+        "subject:",
+        "') OR 1=1 --",
+        "from:\"unterminated",
+        "-",
+        "!!",
+    ] {
+        let r = inbox
+            .client
+            .get(inbox.url(&format!("/api/v1/search?query={}", urlencode(query))))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == 200 || r.status() == 400,
+            "{query:?}: {}",
+            r.status()
+        );
+    }
+    // Nothing was lost along the way.
+    assert_eq!(inbox.get_json("/api/v1/messages", 200).await["total"], 1);
+}
+
+#[tokio::test]
+async fn persistent_database_survives_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let db = db.to_str().unwrap();
+    let mut first = Inbox::start(&["--database", db]);
+    smtp_send(first.smtp, "a@example.com", &["b@example.com"], MULTIPART).await;
+    let status = first.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM stops both servers cleanly: {status}"
+    );
+    let second = Inbox::start(&["--db-file", db]);
+    let list = second.get_json("/api/v1/messages", 200).await;
+    assert_eq!(list["total"], 1);
+    let (_, raw, _) = second.get_bytes("/api/v1/message/latest/raw").await;
+    assert_eq!(raw, MULTIPART);
+    let s = second.get_json("/api/v1/search?query=budget", 200).await;
+    assert_eq!(s["messages_count"], 1, "the index persisted too");
+}
+
+#[tokio::test]
+async fn smtp_auth_options() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    // Credentials required; PLAIN allowed without TLS by the option.
+    let inbox = Inbox::start(&["--smtp-auth", "ann:secret", "--smtp-auth-allow-insecure"]);
+    let talk = async |lines: &[&str]| -> Vec<String> {
+        let s = tokio::net::TcpStream::connect(inbox.smtp).await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        let mut replies = Vec::new();
+        let read_reply = async |r: &mut BufReader<_>| {
+            loop {
+                let mut line = String::new();
+                tokio::time::timeout(std::time::Duration::from_secs(10), r.read_line(&mut line))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return line;
+                }
+            }
+        };
+        read_reply(&mut r).await;
+        for l in lines {
+            w.write_all(format!("{l}\r\n").as_bytes()).await.unwrap();
+            replies.push(read_reply(&mut r).await);
+        }
+        replies
+    };
+    let r = talk(&["EHLO x", "MAIL FROM:<a@example.com>"]).await;
+    assert!(r[1].starts_with("530"), "auth required: {r:?}");
+    // base64("\0ann\0wrong") and base64("\0ann\0secret")
+    let r = talk(&["EHLO x", "AUTH PLAIN AGFubgB3cm9uZw=="]).await;
+    assert!(r[1].starts_with("535"), "{r:?}");
+    let r = talk(&[
+        "EHLO x",
+        "AUTH PLAIN AGFubgBzZWNyZXQ=",
+        "MAIL FROM:<a@example.com>",
+    ])
+    .await;
+    assert!(r[1].starts_with("235") && r[2].starts_with("250"), "{r:?}");
+    drop(inbox);
+
+    let any = Inbox::start(&["--smtp-auth-accept-any", "--smtp-auth-allow-insecure"]);
+    let reply = smtp_send(
+        any.smtp,
+        "a@example.com",
+        &["b@example.com"],
+        &simple("a@example.com", "b@example.com", "no auth needed", "x"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "accept-any does not require AUTH");
+}

@@ -1,0 +1,8 @@
+//! One harness for the inbox: the binary is started on loopback ports and
+//! driven over real SMTP and HTTP (and, in `browser`, by headless Chromium
+//! through chromedriver).
+
+mod api;
+mod browser;
+mod support;
+mod webdriver;
