@@ -101,6 +101,9 @@ impl IntoDelivery for PerRecipient {
 /// - a [`Reply`] is sent as is;
 /// - `tower::timeout::error::Elapsed` becomes `451 4.4.7`;
 /// - `tower::load_shed::error::Overloaded` becomes `451 4.3.2`;
+/// - a [`ParseError`](crate::email::ParseError) (what `ctx.parse()?` returns
+///   for a message that is not an email at all) becomes `554 5.6.0`: the
+///   same bytes would fail again, so the sender must not retry them;
 /// - anything else becomes `451 4.3.0`, a temporary failure, so that the
 ///   sender keeps the message and retries.
 pub fn error_reply(err: BoxError) -> Reply {
@@ -114,6 +117,9 @@ pub fn error_reply(err: BoxError) -> Reply {
         Err(err) if err.is::<tower::load_shed::error::Overloaded>() => {
             Reply::new(451, (4, 3, 2), "Too busy, try again later")
         }
+        Err(err) if err.is::<crate::email::ParseError>() => {
+            Reply::new(554, (5, 6, 0), format!("Malformed message: {err}"))
+        }
         Err(err) => {
             tracing::warn!(error = %err, "service error answered with 451");
             Reply::new(451, (4, 3, 0), "Temporary failure, try again later")
@@ -124,6 +130,15 @@ pub fn error_reply(err: BoxError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unparseable_message_is_a_permanent_554() {
+        let r = error_reply(Box::new(crate::email::ParseError::NoHeaders));
+        assert_eq!(
+            (r.code(), r.status().unwrap().to_string()),
+            (554, "5.6.0".into())
+        );
+    }
 
     #[test]
     fn errors_map_to_temporary_replies() {

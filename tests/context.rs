@@ -257,3 +257,34 @@ async fn message_ids_are_unique() {
     drop(clients);
     server.shutdown().await;
 }
+
+/// `ctx.parse()?` in a handler: a message that is not an email at all gets
+/// a permanent `554 5.6.0` (retrying the same bytes cannot succeed), and the
+/// session goes on; a parseable one is accepted.
+#[tokio::test]
+async fn an_unparseable_message_gets_a_permanent_reply_from_parse_question_mark() {
+    let handler = smtpsrv::tower::service_fn(|ctx: Context| async move {
+        let email = ctx.parse()?;
+        let _ = email.subject();
+        Ok::<_, smtpsrv::BoxError>(())
+    });
+    let server = TestServer::start_with(Server::builder(), handler).await;
+    let mut c = Client::connect_ehlo(server.addr).await;
+    for (body, code) in [
+        (&b"hello world\r\n"[..], 554),
+        (b"", 554),
+        (b"Subject: fine\r\n\r\nbody\r\n", 250),
+    ] {
+        c.cmd("MAIL FROM:<a@example.com>", 250).await;
+        c.cmd("RCPT TO:<b@example.com>", 250).await;
+        c.cmd("DATA", 354).await;
+        c.send(body).await;
+        c.send(b".\r\n").await;
+        let reply = c.expect(code).await;
+        if code == 554 {
+            assert!(reply.contains("5.6.0"), "{reply}");
+        }
+    }
+    c.cmd("QUIT", 221).await;
+    server.shutdown().await;
+}

@@ -62,10 +62,13 @@ impl Inbox {
             child: Some(child),
             smtp: smtp.unwrap(),
             http: http.unwrap(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            client: {
+                crypto_provider();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .unwrap()
+            },
         }
     }
 
@@ -193,4 +196,11 @@ pub fn simple(from: &str, to: &str, subject: &str, body: &str) -> Vec<u8> {
         subject.replace(' ', "-")
     )
     .into_bytes()
+}
+
+/// Installs ring as the process's rustls provider before an HTTP client is
+/// built: under `cargo test --workspace` cargo unifies features, so reqwest
+/// may come with the root crate's `rustls-no-provider` and panic without one.
+pub fn crypto_provider() {
+    let _ = smtpsrv::tls::rustls::crypto::ring::default_provider().install_default();
 }

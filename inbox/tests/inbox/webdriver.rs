@@ -53,6 +53,7 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let base = format!("http://127.0.0.1:{port}");
+        crate::support::crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -261,6 +262,7 @@ impl Drop for Browser {
                     .enable_all()
                     .build();
                 if let Ok(rt) = rt {
+                    crate::support::crypto_provider();
                     let client = reqwest::Client::new();
                     let _ = rt.block_on(async {
                         tokio::time::timeout(Duration::from_secs(10), client.delete(&url).send())
