@@ -495,16 +495,7 @@ async fn allow_insecure_auth_permits_plaintext() {
     assert_eq!(ehlo.keyword_line("AUTH"), Some("AUTH PLAIN LOGIN"));
     let line = format!("AUTH PLAIN {}", plain_response(USER, PASSWORD));
     client.cmd(&line).await.expect(235, "2.7.0");
-    client
-        .cmd("MAIL FROM:<ann@example.org>")
-        .await
-        .expect(250, "2.1.0");
-    client
-        .cmd("RCPT TO:<bob@example.net>")
-        .await
-        .expect(250, "2.1.5");
-    client.cmd("DATA").await.expect(354, "");
-    client.cmd("\r\nhi\r\n.").await.expect(250, "2.0.0");
+    client.send_hi("ann@example.org", "bob@example.net").await;
     let ctx = inbox.next().await;
     assert_eq!(ctx.identity(), Some(&Identity::new(USER)));
     assert!(ctx.tls().is_none());
@@ -558,15 +549,8 @@ async fn auth_plain_authzid_granted_by_the_authenticator_becomes_the_identity() 
     );
     client.cmd(&granted).await.expect(235, "2.7.0");
     client
-        .cmd("MAIL FROM:<shared@example.org>")
-        .await
-        .expect(250, "2.1.0");
-    client
-        .cmd("RCPT TO:<bob@example.net>")
-        .await
-        .expect(250, "2.1.5");
-    client.cmd("DATA").await.expect(354, "");
-    client.cmd("\r\nhi\r\n.").await.expect(250, "2.0.0");
+        .send_hi("shared@example.org", "bob@example.net")
+        .await;
     let ctx = inbox.next().await;
     assert_eq!(ctx.identity(), Some(&Identity::new("shared@example.org")));
 }

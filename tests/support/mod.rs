@@ -416,6 +416,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// `EHLO client.test`, expecting 250.
+    /// One whole transaction from `from` to `to` with the body `hi`,
+    /// every step expected to succeed.
+    pub async fn send_hi(&mut self, from: &str, to: &str) {
+        self.cmd(&format!("MAIL FROM:<{from}>"))
+            .await
+            .expect(250, "2.1.0");
+        self.cmd(&format!("RCPT TO:<{to}>"))
+            .await
+            .expect(250, "2.1.5");
+        self.cmd("DATA").await.expect(354, "");
+        self.cmd("\r\nhi\r\n.").await.expect(250, "2.0.0");
+    }
+
     pub async fn ehlo(&mut self) -> RawReply {
         let reply = self.cmd("EHLO client.test").await;
         reply.expect(250, "");
