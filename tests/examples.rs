@@ -1825,23 +1825,29 @@ async fn smtp2http_accepts_the_go_flags_with_their_meaning() {
     assert!(request.head.starts_with("POST /in "), "{}", request.head);
 }
 
-#[tokio::test]
-async fn smtp2http_retries_a_failing_webhook_with_backoff_then_delivers() {
-    let (hook, mut posted) = webhook(&[Answer::Status(500), Answer::Status(503)]).await;
-    let url = format!("http://{hook}/");
-    let bridge = Example::start(
+/// smtp2http on a free port, posting to `url` and retrying a failing
+/// webhook for `retry_for` seconds.
+fn smtp2http_posting_to(url: &str, retry_for: &str) -> Example {
+    Example::start(
         "smtp2http",
         &[
             "--listen",
             "127.0.0.1:0",
             "--webhook",
-            &url,
+            url,
             "--retry-for",
-            "10",
+            retry_for,
         ],
         None,
         1,
-    );
+    )
+}
+
+#[tokio::test]
+async fn smtp2http_retries_a_failing_webhook_with_backoff_then_delivers() {
+    let (hook, mut posted) = webhook(&[Answer::Status(500), Answer::Status(503)]).await;
+    let url = format!("http://{hook}/");
+    let bridge = smtp2http_posting_to(&url, "10");
     let transport = client(bridge.port()).build();
     let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
     let started = Instant::now();
@@ -1870,19 +1876,7 @@ async fn smtp2http_answers_451_after_retrying_an_unreachable_webhook_for_the_bou
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", closed.local_addr().unwrap());
     drop(closed);
-    let bridge = Example::start(
-        "smtp2http",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--webhook",
-            &url,
-            "--retry-for",
-            "2",
-        ],
-        None,
-        1,
-    );
+    let bridge = smtp2http_posting_to(&url, "2");
     let transport = client(bridge.port()).build();
     let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
     let started = Instant::now();
@@ -1901,19 +1895,7 @@ async fn smtp2http_answers_451_after_retrying_an_unreachable_webhook_for_the_bou
 async fn smtp2http_does_not_retry_a_4xx_refusal() {
     let (hook, mut posted) = webhook(&[Answer::Status(403), Answer::Status(429)]).await;
     let url = format!("http://{hook}/");
-    let bridge = Example::start(
-        "smtp2http",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--webhook",
-            &url,
-            "--retry-for",
-            "10",
-        ],
-        None,
-        1,
-    );
+    let bridge = smtp2http_posting_to(&url, "10");
     let transport = client(bridge.port()).build();
     let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
 
