@@ -83,6 +83,19 @@ impl Example {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The log once `needle` occurs in it `count` times, or as it is after
+    /// [`WAIT`]: a line logged before a reply may reach the pipe after it.
+    fn log_with(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.stderr();
+            if log.matches(needle).count() >= count || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -415,8 +428,12 @@ async fn mailsink_stores_messages_byte_exact_behind_trace_headers() {
     );
 
     // One log line per message.
-    let log = sink.stderr();
+    let log = sink.log_with(" stored ", 2);
     assert_eq!(log.matches(" stored ").count(), 2, "log:\n{log}");
+    assert!(
+        log.contains(&format!(" size={} ", ONE.len())),
+        "log:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -1887,8 +1904,8 @@ async fn smtp2http_answers_451_after_retrying_an_unreachable_webhook_for_the_bou
     // Attempts at 0, 0.5 and 1.5 s; the next (3.5 s) is past the 2 s bound.
     assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
-    let retries = bridge.stderr().matches("retrying").count();
-    assert_eq!(retries, 2, "{}", bridge.stderr());
+    let log = bridge.log_with("retrying", 2);
+    assert_eq!(log.matches("retrying").count(), 2, "{log}");
 }
 
 #[tokio::test]

@@ -410,7 +410,7 @@ async fn store(
         parsed(&ctx)?;
     }
     let header = trace::trace_header(&ctx, &hostname);
-    let file = write_message(&ctx, &maildir, header)
+    let (file, size) = write_message(&ctx, &maildir, header)
         .await
         .inspect_err(|e| tracing::error!(id = %ctx.id(), error = %e, "cannot store message"))?;
     tracing::info!(
@@ -418,7 +418,7 @@ async fn store(
         peer = %ctx.peer_addr().ip(),
         from = ctx.reverse_path().map_or("", |a| a.as_str()),
         rcpts = ctx.recipients().len(),
-        size = ctx.size(),
+        size,
         file,
         "stored"
     );
@@ -436,7 +436,7 @@ async fn write_message(
     ctx: &Context,
     maildir: &Arc<Maildir>,
     header: Vec<u8>,
-) -> Result<String, BoxError> {
+) -> Result<(String, u64), BoxError> {
     let mut file = blocking({
         let maildir = Arc::clone(maildir);
         let line_ends = maildir.line_ends_for(ctx);
@@ -447,12 +447,15 @@ async fn write_message(
         }
     })
     .await?;
+    // Counted here: a streaming body's size is known only at its end.
+    let mut size = 0;
     let mut chunks = ctx.body().chunks();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
+        size += chunk.len() as u64;
         file = blocking(move || file.write(&chunk).map(|()| file)).await?;
     }
-    Ok(blocking(move || file.commit()).await?)
+    Ok((blocking(move || file.commit()).await?, size))
 }
 
 /// Runs blocking file work off the async runtime.
