@@ -3,12 +3,14 @@
 
 1. Per message, one client, sequential 1 KiB messages: server CPU (user+sys
    of mailsink, plus nats-server for the hand-off) and latency from the end
-   of DATA to the 250, p50/p99, for --discard, --maildir (fsync) and --nats.
+   of DATA to the 250, p50/p99, for --discard, --maildir (fsync) and --nats,
+   beside Postfix's smtp-sink and ../shared/floor-sink (if FLOOR_SINK_BIN is
+   set, as benches/load/run.sh does), with CPU as a ratio to smtp-sink.
 2. msgs/s of smtp-source (30 sessions, 6000 x 1 KiB) through HAProxy to three
-   --nats instances, beside one --nats instance directly.
+   --nats instances, beside one --nats instance directly and smtp-sink.
 
 Usage: benches/load/cluster_bench.py [BIN_DIR]   (default target/release/examples)
-Needs nats-server, redis-server (unused here), haproxy, smtp-source.
+Needs nats-server, redis-server (unused here), haproxy, smtp-source, smtp-sink.
 """
 import os, socket, subprocess, sys, tempfile, time
 
@@ -74,6 +76,17 @@ def mailsink(port, *extra):
     wait_port(port); return p
 
 
+def smtp_sink(port):
+    user = ["-u", "postfix"] if os.geteuid() == 0 else []
+    p = spawn(["/usr/sbin/smtp-sink", *user, "-m", "200", f"127.0.0.1:{port}", "8192"])
+    wait_port(port); return p
+
+
+def floor_sink(port):
+    p = spawn([os.environ["FLOOR_SINK_BIN"], f"127.0.0.1:{port}"])
+    wait_port(port); return p
+
+
 def smtp_source(port):
     t = time.perf_counter()
     subprocess.run(["/usr/sbin/smtp-source", "-s", "30", "-m", "6000", "-l", "1024", "-d",
@@ -91,14 +104,22 @@ def main():
     nurl = f"nats://127.0.0.1:{nport}"
     print(f"load average at start: {open('/proc/loadavg').read().split()[:3]}")
     print(f"\n1. per message, {N} sequential 1 KiB messages, mailsink --threads 1")
-    print("| mode | server CPU us/msg | p50 us | p99 us |\n|---|---:|---:|---:|")
-    for name, extra, with_nats in [("--discard", ["--discard"], False),
-                                   ("--maildir (fsync)", ["--maildir", f"{tmp}/md"], False),
-                                   ("--nats (JetStream file storage)", ["--nats", nurl], True)]:
-        port = free_port(); p = mailsink(port, *extra)
+    print("| server | CPU us/msg | CPU / smtp-sink | p50 us | p99 us |\n|---|---:|---:|---:|---:|")
+    runs = [("Postfix smtp-sink", smtp_sink, False)]
+    if os.environ.get("FLOOR_SINK_BIN"):
+        runs.append(("floor-sink", floor_sink, False))
+    for name, extra, with_nats in [("mailsink --discard", ["--discard"], False),
+                                   ("mailsink --maildir (fsync)", ["--maildir", f"{tmp}/md"], False),
+                                   ("mailsink --nats (JetStream file storage)", ["--nats", nurl], True)]:
+        runs.append((name, lambda port, extra=extra: mailsink(port, *extra), with_nats))
+    sink_cpu = None
+    for name, start, with_nats in runs:
+        port = free_port(); p = start(port)
         pids = [p.pid] + ([nats.pid] if with_nats else [])
         c, p50, p99 = latency_run(port, pids)
-        print(f"| {name} | {c:.0f}{' (mailsink + nats-server)' if with_nats else ''} | {p50:.0f} | {p99:.0f} |")
+        sink_cpu = sink_cpu or c
+        note = " (mailsink + nats-server)" if with_nats else ""
+        print(f"| {name} | {c:.0f}{note} | {c / sink_cpu:.2f}x | {p50:.0f} | {p99:.0f} |")
         p.terminate(); p.wait()
 
     print("\n2. smtp-source -s 30 -m 6000 -l 1024 -d, every instance --nats")
@@ -113,8 +134,11 @@ def main():
     via = smtp_source(hport)
     dport = free_port(); direct = mailsink(dport, "--nats", nurl)
     one = smtp_source(dport)
+    sport = free_port(); smtp_sink(sport)
+    sink = smtp_source(sport)
     print(f"| path | msgs/s |\n|---|---:|\n| HAProxy -> 3 instances | {via:.0f} |\n"
-          f"| 1 instance direct | {one:.0f} |\n| ratio | {via / one:.2f}x |")
+          f"| 1 instance direct | {one:.0f} |\n| Postfix smtp-sink direct (discards) | {sink:.0f} |\n"
+          f"| HAProxy / direct | {via / one:.2f}x |")
 
 
 try:

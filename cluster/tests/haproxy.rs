@@ -269,3 +269,65 @@ async fn nats_stopped_mid_load_gives_451s_never_250_without_ack_then_recovers() 
         attempts.len()
     );
 }
+
+/// What one session from `source` is told at MAIL FROM.
+async fn mail_from_reply(addr: std::net::SocketAddr, source: IpAddr) -> String {
+    use tokio::io::AsyncWriteExt;
+    let (mut r, mut w, _) = open(addr, source).await.expect("session opens");
+    w.write_all(b"MAIL FROM:<ann@client.test>\r\n")
+        .await
+        .unwrap();
+    let (_, text) = read_reply(&mut r).await.unwrap();
+    w.write_all(b"QUIT\r\n").await.unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailsink_redis_down_refuse_answers_451_4_7_0_promptly_and_recovers() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sink = spawn_logged(
+        "mailsink",
+        Command::new(example_binary("mailsink"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--discard"])
+            .args(["--rate-limit", "1000", "--redis", &redis.url()])
+            .args(["--redis-down", "refuse", "--threads", "1"])
+            .env("RUST_LOG", "warn"),
+        &dir.path().join("mailsink.log"),
+    );
+    wait_for_port(port);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let client: IpAddr = "127.0.3.1".parse().unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("mailsink.log")).unwrap_or_default();
+
+    let up = mail_from_reply(addr, client).await;
+    assert!(up.starts_with("250 "), "{up}\n{}", log());
+
+    // Redis gone: the store fails, the policy refuses, within the
+    // store's 1 s bound (never a hang).
+    redis.stop();
+    let start = Instant::now();
+    let down = tokio::time::timeout(Duration::from_secs(10), mail_from_reply(addr, client))
+        .await
+        .expect("the session never hangs while Redis is down");
+    assert!(down.starts_with("451 4.7.0 "), "{down}\n{}", log());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Redis back on the same port: the connection manager reconnects.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let back = mail_from_reply(addr, client).await;
+        if back.starts_with("250 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not back: {back}\n{}", log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -8,7 +8,7 @@
 //! | [`dkim`] | `550 5.7.20` no passing signature, `451 4.7.20` only temporary errors |
 //! | [`dmarc`] | `550 5.7.1` failed with policy `reject` |
 //! | [`mailable`] | `550 5.1.8` sender domain has no MX/A/AAAA, `550 5.7.27` Null MX, `451 4.1.8` DNS failure |
-//! | [`rate_limit`] | `450 4.7.0` (or `421 4.7.0`) over a keyed quota |
+//! | [`rate_limit`] | `450 4.7.0` (or `421 4.7.0`) over a keyed quota; `451 4.7.0` when the store fails under [`StoreFailurePolicy::Refuse`](rate_limit::StoreFailurePolicy::Refuse) |
 //! | [`trace`] | never: logs calls and replies |
 //! | `metrics` (feature `metrics`) | never: counts and times calls and replies for Prometheus |
 //!

@@ -319,7 +319,8 @@ pub struct Attempt {
     pub instance: String,
 }
 
-async fn read_reply(
+/// One whole (possibly multi-line) reply: its code and text.
+pub async fn read_reply(
     r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
 ) -> std::io::Result<(u16, String)> {
     use tokio::io::AsyncBufReadExt;
@@ -433,7 +434,9 @@ pub async fn send_all(
     attempts
 }
 
-async fn open(
+/// A session from `source` to `addr`, past the banner and EHLO; the
+/// banner's first word names the instance.
+pub async fn open(
     addr: SocketAddr,
     source: std::net::IpAddr,
 ) -> std::io::Result<(
