@@ -592,8 +592,8 @@ async fn idle_connections_cost_little_memory() {
 
     // All still served; then shutdown closes every one of them.
     let mut probe = common::Client::connect_ehlo(server.addr).await;
-    probe.cmd("NOOP", 250).await;
-    probe.cmd("QUIT", 221).await;
+    probe.cmd_expect("NOOP", 250).await;
+    probe.cmd_expect("QUIT", 221).await;
     let closing = Instant::now();
     server.shutdown().await;
     eprintln!(

@@ -16,15 +16,15 @@ use tokio::io::AsyncReadExt;
 async fn deliver(mail: &str, rcpts: &[&str], body: &[u8]) -> Context {
     let server = TestServer::start(Server::builder()).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd(mail, 250).await;
+    c.cmd_expect(mail, 250).await;
     for rcpt in rcpts {
-        c.cmd(rcpt, 250).await;
+        c.cmd_expect(rcpt, 250).await;
     }
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("DATA", 354).await;
     c.send(body).await;
     c.send(b".\r\n").await;
     c.expect(250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     let ctx = server.recorder.single();
     server.shutdown().await;
     ctx
@@ -34,7 +34,7 @@ async fn deliver(mail: &str, rcpts: &[&str], body: &[u8]) -> Context {
 async fn addresses_helo_name_and_session_facts() {
     let server = TestServer::start(Server::builder()).await;
     let mut c = Client::connect(server.addr).await;
-    c.cmd("EHLO client.example", 250).await;
+    c.cmd_expect("EHLO client.example", 250).await;
     c.begin_data("ann@example.org", &["bob@example.net"]).await;
     c.send(b"Subject: facts\r\n\r\n.\r\n").await;
     c.expect(250).await;
@@ -55,7 +55,7 @@ async fn addresses_helo_name_and_session_facts() {
 async fn helo_without_extensions_is_recorded_as_such() {
     let server = TestServer::start(Server::builder()).await;
     let mut c = Client::connect(server.addr).await;
-    c.cmd("HELO old.example", 250).await;
+    c.cmd_expect("HELO old.example", 250).await;
     c.begin_data("ann@example.org", &["bob@example.net"]).await;
     c.send(b".\r\n").await;
     c.expect(250).await;
@@ -125,10 +125,10 @@ async fn smtputf8_addresses() {
 async fn utf8_address_without_smtputf8_is_refused() {
     let server = TestServer::start(Server::builder()).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("MAIL FROM:<ann@example.org>", 250).await;
-    let text = c.cmd("RCPT TO:<zoë@exämple.org>", 553).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
+    let text = c.cmd_expect("RCPT TO:<zoë@exämple.org>", 553).await;
     assert!(text.starts_with("5.6.7"), "{text}");
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 }
 
@@ -275,9 +275,9 @@ async fn an_unparseable_message_gets_a_permanent_reply_from_parse_question_mark(
         (b"", 554),
         (b"Subject: fine\r\n\r\nbody\r\n", 250),
     ] {
-        c.cmd("MAIL FROM:<a@example.com>", 250).await;
-        c.cmd("RCPT TO:<b@example.com>", 250).await;
-        c.cmd("DATA", 354).await;
+        c.cmd_expect("MAIL FROM:<a@example.com>", 250).await;
+        c.cmd_expect("RCPT TO:<b@example.com>", 250).await;
+        c.cmd_expect("DATA", 354).await;
         c.send(body).await;
         c.send(b".\r\n").await;
         let reply = c.expect(code).await;
@@ -285,6 +285,6 @@ async fn an_unparseable_message_gets_a_permanent_reply_from_parse_question_mark(
             assert!(reply.contains("5.6.0"), "{reply}");
         }
     }
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 }

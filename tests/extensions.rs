@@ -2,15 +2,15 @@
 //! the PROXY protocol, LIMITS (RFC 9422) and REQUIRETLS (RFC 8689) over real
 //! TCP on 127.0.0.1.
 
-mod support;
+mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::*;
 use smtpsrv::proto::{BodyType, Ret};
 use smtpsrv::proxy::TrustedProxies;
 use smtpsrv::{BoxError, Builder, Connect, PerRecipient, Reply, Server, Stage};
-use support::*;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -45,14 +45,14 @@ fn bdat(chunk: &[u8], last: bool) -> Vec<u8> {
 #[tokio::test]
 async fn chunking_and_binarymime_are_advertised() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     let ehlo = client.ehlo().await;
     assert!(ehlo.has_keyword("CHUNKING"), "{ehlo:?}");
     assert!(ehlo.has_keyword("BINARYMIME"), "{ehlo:?}");
 
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder().chunking(false), service).await;
+    let server = TestServer::serve(Server::builder().chunking(false), service).await;
     let mut client = server.connect().await;
     let ehlo = client.ehlo().await;
     assert!(!ehlo.has_keyword("CHUNKING"), "{ehlo:?}");
@@ -66,7 +66,7 @@ async fn chunking_and_binarymime_are_advertised() {
 #[tokio::test]
 async fn bdat_single_chunk_is_byte_exact() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = in_transaction(&server).await;
 
     // Nothing in a chunk is a command or an end of data.
@@ -83,7 +83,7 @@ async fn bdat_single_chunk_is_byte_exact() {
 #[tokio::test]
 async fn bdat_two_chunks() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = in_transaction(&server).await;
 
     client.send(bdat(b"Subject: two\r\n\r\nHello", false)).await;
@@ -101,7 +101,7 @@ async fn bdat_two_chunks() {
 #[tokio::test]
 async fn bdat_many_chunks() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = in_transaction(&server).await;
 
     // 200 KiB of every octet value, in chunks of uneven sizes (empty ones too).
@@ -129,7 +129,7 @@ async fn bdat_many_chunks() {
 #[tokio::test]
 async fn pipelined_bdats_in_one_write() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     client.ehlo().await;
 
@@ -156,7 +156,7 @@ async fn pipelined_bdats_in_one_write() {
 #[tokio::test]
 async fn bdat_0_last() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
 
     let mut client = in_transaction(&server).await;
     client.send(bdat(b"Subject: x\r\n\r\nend\r\n", false)).await;
@@ -182,7 +182,7 @@ async fn bdat_0_last() {
 #[tokio::test]
 async fn bdat_without_transaction_swallows_its_chunk() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     client.ehlo().await;
 
@@ -215,7 +215,7 @@ async fn bdat_without_transaction_swallows_its_chunk() {
 #[tokio::test]
 async fn data_after_bdat_is_503() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = in_transaction(&server).await;
 
     client.send(bdat(b"abc", false)).await;
@@ -235,7 +235,7 @@ async fn data_after_bdat_is_503() {
 #[tokio::test]
 async fn bdat_with_bad_size_is_501() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = in_transaction(&server).await;
 
     client.cmd("BDAT x").await.expect(501, "5.5.2");
@@ -250,7 +250,7 @@ async fn bdat_with_bad_size_is_501() {
 #[tokio::test]
 async fn bdat_over_the_size_limit_is_552() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder().max_message_bytes(64), service).await;
+    let server = TestServer::serve(Server::builder().max_message_bytes(64), service).await;
 
     // One chunk too large: drained exactly, then 552.
     let mut client = in_transaction(&server).await;
@@ -293,7 +293,7 @@ async fn bdat_over_the_size_limit_is_552() {
 #[tokio::test]
 async fn binarymime_needs_bdat() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     client.ehlo().await;
 
@@ -320,7 +320,7 @@ async fn binarymime_needs_bdat() {
 #[tokio::test]
 async fn dsn_parameters_reach_the_context() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     assert!(client.ehlo().await.has_keyword("DSN"));
 
@@ -360,7 +360,7 @@ async fn dsn_parameters_reach_the_context() {
 #[tokio::test]
 async fn bad_dsn_parameters_are_501() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     client.ehlo().await;
 
@@ -399,7 +399,7 @@ async fn bad_dsn_parameters_are_501() {
 #[tokio::test]
 async fn xtext_violations_and_decoded_control_characters_are_501_5_5_4() {
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     client.ehlo().await;
     for mail in [
@@ -438,7 +438,7 @@ async fn xtext_violations_and_decoded_control_characters_are_501_5_5_4() {
 #[tokio::test]
 async fn dsn_disabled_is_555() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder().dsn(false), service).await;
+    let server = TestServer::serve(Server::builder().dsn(false), service).await;
     let mut client = server.connect().await;
     assert!(!client.ehlo().await.has_keyword("DSN"));
 
@@ -480,7 +480,7 @@ fn lmtp_builder() -> Builder {
 #[tokio::test]
 async fn lhlo_lists_pipelining_and_enhancedstatuscodes() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(lmtp_builder(), service).await;
+    let server = TestServer::serve(lmtp_builder(), service).await;
 
     let mut client = Client::tcp(server.addr).await;
     let greeting = client.reply().await;
@@ -499,7 +499,7 @@ async fn lhlo_lists_pipelining_and_enhancedstatuscodes() {
 #[tokio::test]
 async fn lmtp_answers_each_recipient_in_order() {
     let (service, mut inbox) = recorder_with(mixed_delivery);
-    let server = TestServer::start(lmtp_builder(), service).await;
+    let server = TestServer::serve(lmtp_builder(), service).await;
     let mut client = Client::tcp(server.addr).await;
     client.reply().await.expect(220, "");
     client.cmd("LHLO client.test").await.expect(250, "");
@@ -532,7 +532,7 @@ async fn lmtp_answers_each_recipient_in_order() {
 #[tokio::test]
 async fn lmtp_answers_each_recipient_after_bdat() {
     let (service, mut inbox) = recorder_with(mixed_delivery);
-    let server = TestServer::start(lmtp_builder(), service).await;
+    let server = TestServer::serve(lmtp_builder(), service).await;
     let mut client = Client::tcp(server.addr).await;
     client.reply().await.expect(220, "");
     client.cmd("LHLO client.test").await.expect(250, "");
@@ -559,7 +559,7 @@ async fn lmtp_answers_each_recipient_after_bdat() {
 async fn lmtp_data_without_recipients_is_503() {
     // RFC 2033 4.2: with no successful RCPT, DATA MUST fail with 503.
     let (service, _inbox) = recorder();
-    let server = TestServer::start(lmtp_builder(), service).await;
+    let server = TestServer::serve(lmtp_builder(), service).await;
     let mut client = Client::tcp(server.addr).await;
     client.reply().await.expect(220, "");
     client.cmd("LHLO client.test").await.expect(250, "");
@@ -589,7 +589,7 @@ print("quit", s.quit()[0])
 #[tokio::test]
 async fn python_smtplib_lmtp_client() {
     let (service, mut inbox) = recorder_with(mixed_delivery);
-    let server = TestServer::start(lmtp_builder(), service).await;
+    let server = TestServer::serve(lmtp_builder(), service).await;
     let port = server.addr.port().to_string();
 
     let run = tokio::task::spawn_blocking(move || {
@@ -597,7 +597,7 @@ async fn python_smtplib_lmtp_client() {
             .args(["-c", PYTHON_LMTP_CLIENT, &port])
             .output()
     });
-    let output = match within(run).await.unwrap() {
+    let output = match step(run).await.unwrap() {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             eprintln!("SKIPPED python_smtplib_lmtp_client: python3 is not installed");
@@ -646,7 +646,7 @@ async fn proxied_server(
         .proxy_header_timeout(Duration::from_millis(500))
         .on_connect(hook);
     let (service, inbox) = recorder();
-    (TestServer::start(builder, service).await, inbox, seen_rx)
+    (TestServer::serve(builder, service).await, inbox, seen_rx)
 }
 
 /// Sends one message and returns nothing; the caller inspects the inbox.
@@ -688,7 +688,7 @@ async fn proxy_v1_gives_the_real_client_address() {
 
     let real: SocketAddr = "192.0.2.1:5000".parse().unwrap();
     let local: SocketAddr = "198.51.100.1:25".parse().unwrap();
-    assert_eq!(within(seen.recv()).await.unwrap(), (real, local));
+    assert_eq!(step(seen.recv()).await.unwrap(), (real, local));
     let ctx = inbox.next().await;
     assert_eq!((ctx.peer_addr(), ctx.local_addr()), (real, local));
 }
@@ -712,7 +712,7 @@ async fn proxy_v2_ipv4_with_tlv_gives_the_real_client_address() {
 
     let real: SocketAddr = "203.0.113.7:40000".parse().unwrap();
     let local: SocketAddr = "198.51.100.2:587".parse().unwrap();
-    assert_eq!(within(seen.recv()).await.unwrap(), (real, local));
+    assert_eq!(step(seen.recv()).await.unwrap(), (real, local));
     let ctx = inbox.next().await;
     assert_eq!((ctx.peer_addr(), ctx.local_addr()), (real, local));
 }
@@ -735,7 +735,7 @@ async fn proxy_v2_ipv6_gives_the_real_client_address() {
     send_one(&mut client).await;
 
     let real: SocketAddr = "[2001:db8::1]:1234".parse().unwrap();
-    assert_eq!(within(seen.recv()).await.unwrap().0, real);
+    assert_eq!(step(seen.recv()).await.unwrap().0, real);
     assert_eq!(inbox.next().await.peer_addr(), real);
 }
 
@@ -747,7 +747,7 @@ async fn proxy_v2_local_keeps_the_connection_address() {
     // LOCAL: a health check from the proxy itself, no addresses.
     client.send(proxy_v2_preamble(0x0, 0x00, 0)).await;
     client.reply().await.expect(220, "");
-    assert_eq!(within(seen.recv()).await.unwrap().0, own);
+    assert_eq!(step(seen.recv()).await.unwrap().0, own);
 }
 
 #[tokio::test]
@@ -795,7 +795,7 @@ async fn proxy_header_glued_to_a_tls_client_hello_on_the_implicit_port() {
         client.cmd("BDAT 2 LAST\r\nhi").await.expect(250, "2.0.0");
 
         let real: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        assert_eq!(within(seen.recv()).await.unwrap(), real);
+        assert_eq!(step(seen.recv()).await.unwrap(), real);
         let ctx = inbox.next().await;
         assert_eq!(ctx.peer_addr(), real);
         assert!(ctx.tls().is_some());
@@ -858,7 +858,7 @@ async fn malformed_proxy_headers_are_closed() {
 #[tokio::test]
 async fn limits_are_advertised_and_enforced() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     let ehlo = client.ehlo().await;
     assert_eq!(ehlo.keyword_line("LIMITS"), Some("LIMITS RCPTMAX=100"));
@@ -867,7 +867,7 @@ async fn limits_are_advertised_and_enforced() {
     let builder = Server::builder()
         .max_recipients(3)
         .max_messages_per_session(1);
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
     let mut client = server.connect().await;
     let ehlo = client.ehlo().await;
     assert_eq!(
@@ -895,7 +895,7 @@ async fn requiretls_only_on_tls_sessions() {
     let pki = Pki::new();
     let (service, mut inbox) = recorder();
     let builder = Server::builder().tls(pki.server_tls());
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
 
     let mut client = server.connect().await;
     let ehlo = client.ehlo().await;
@@ -943,7 +943,7 @@ async fn the_per_ip_cap_counts_the_real_client_behind_a_proxy() {
         .proxy_protocol(TrustedProxies::parse("127.0.0.1").unwrap())
         .max_connections_per_ip(1);
     let (service, _inbox) = recorder();
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
     let header = |ip: &str| format!("PROXY TCP4 {ip} 198.51.100.1 5000 25\r\n");
 
     let mut first = Client::tcp(server.addr).await;

@@ -54,12 +54,12 @@ fn recipients(ctx: &Context) -> Vec<String> {
 async fn rcpt_hook_refuses_one_recipient_and_the_others_get_the_message() {
     let server = TestServer::start(Server::builder().on_rcpt(known_users_only())).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("MAIL FROM:<ann@example.org>", 250).await;
-    c.cmd("RCPT TO:<bob@example.net>", 250).await;
-    let text = c.cmd("RCPT TO:<nobody@example.net>", 550).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
+    c.cmd_expect("RCPT TO:<bob@example.net>", 250).await;
+    let text = c.cmd_expect("RCPT TO:<nobody@example.net>", 550).await;
     assert_eq!(text, "5.1.1 No such user here");
-    c.cmd("RCPT TO:<carol@example.net>", 250).await;
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("RCPT TO:<carol@example.net>", 250).await;
+    c.cmd_expect("DATA", 354).await;
     c.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n").await;
     c.expect(250).await;
     let ctx = server.recorder.single();
@@ -117,10 +117,10 @@ async fn connect_hook_554_serves_only_quit() {
     let mut c = Client::connect_raw(server.addr).await;
     assert_eq!(c.expect(554).await, "5.7.1 No SMTP service for you");
     assert_eq!(*seen.lock().unwrap(), [c.local_addr()]);
-    c.cmd("EHLO client.example", 503).await;
-    c.cmd("MAIL FROM:<ann@example.org>", 503).await;
-    c.cmd("NOOP", 503).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("EHLO client.example", 503).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 503).await;
+    c.cmd_expect("NOOP", 503).await;
+    c.cmd_expect("QUIT", 221).await;
     c.expect_eof().await;
     server.shutdown().await;
 }
@@ -142,7 +142,7 @@ async fn connect_hook_accepting_gives_the_normal_greeting() {
     let hook = service_fn(|_req: Connect| async { Ok::<_, BoxError>(()) });
     let server = TestServer::start(Server::builder().on_connect(hook)).await;
     let mut c = Client::connect(server.addr).await;
-    c.cmd("EHLO client.example", 250).await;
+    c.cmd_expect("EHLO client.example", 250).await;
     server.shutdown().await;
 }
 
@@ -156,13 +156,13 @@ async fn mail_hook_refuses_a_sender_domain() {
     });
     let server = TestServer::start(Server::builder().on_mail(hook)).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    let text = c.cmd("MAIL FROM:<boss@spam.example>", 550).await;
+    let text = c.cmd_expect("MAIL FROM:<boss@spam.example>", 550).await;
     assert_eq!(text, "5.7.1 Sender refused");
     // A refused MAIL leaves no transaction behind.
-    c.cmd("RCPT TO:<bob@example.net>", 503).await;
+    c.cmd_expect("RCPT TO:<bob@example.net>", 503).await;
     // The null sender has no domain and passes.
-    c.cmd("MAIL FROM:<>", 250).await;
-    c.cmd("RSET", 250).await;
+    c.cmd_expect("MAIL FROM:<>", 250).await;
+    c.cmd_expect("RSET", 250).await;
     c.begin_data("ann@example.org", &["bob@example.net"]).await;
     c.send(b"Subject: ok\r\n\r\n.\r\n").await;
     c.expect(250).await;
@@ -187,10 +187,10 @@ async fn helo_hook_sees_the_name_and_can_refuse_it() {
     });
     let server = TestServer::start(Server::builder().on_helo(hook)).await;
     let mut c = Client::connect(server.addr).await;
-    assert_eq!(c.cmd("EHLO localhost", 550).await, "5.7.1 Liar");
+    assert_eq!(c.cmd_expect("EHLO localhost", 550).await, "5.7.1 Liar");
     // Not greeted: MAIL is out of sequence.
-    c.cmd("MAIL FROM:<ann@example.org>", 503).await;
-    c.cmd("HELO client.example", 250).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 503).await;
+    c.cmd_expect("HELO client.example", 250).await;
     c.begin_data("ann@example.org", &["bob@example.net"]).await;
     c.send(b".\r\n").await;
     c.expect(250).await;
@@ -211,11 +211,11 @@ async fn a_hook_under_a_timeout_layer_answers_4xx() {
         });
     let server = TestServer::start(Server::builder().on_rcpt(hook)).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("MAIL FROM:<ann@example.org>", 250).await;
-    let text = c.cmd("RCPT TO:<slow@example.net>", 451).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
+    let text = c.cmd_expect("RCPT TO:<slow@example.net>", 451).await;
     assert!(text.starts_with("4.4.7"), "{text}");
-    c.cmd("RCPT TO:<quick@example.net>", 250).await;
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("RCPT TO:<quick@example.net>", 250).await;
+    c.cmd_expect("DATA", 354).await;
     c.send(b".\r\n").await;
     c.expect(250).await;
     assert_eq!(recipients(&server.recorder.single()), ["quick@example.net"]);
@@ -235,10 +235,10 @@ async fn the_command_timeout_bounds_a_hook_without_a_timeout_layer() {
         .on_mail(hook);
     let server = TestServer::start(builder).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    let text = c.cmd("MAIL FROM:<slow@example.org>", 451).await;
+    let text = c.cmd_expect("MAIL FROM:<slow@example.org>", 451).await;
     assert!(text.starts_with("4.4.7"), "{text}");
-    c.cmd("MAIL FROM:<quick@example.org>", 250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("MAIL FROM:<quick@example.org>", 250).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 }
 
@@ -257,12 +257,12 @@ async fn failing_and_panicking_hooks_are_temporary_failures() {
     });
     let server = TestServer::start(Server::builder().on_mail(hook)).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    let text = c.cmd("MAIL FROM:<err@example.org>", 451).await;
+    let text = c.cmd_expect("MAIL FROM:<err@example.org>", 451).await;
     assert!(text.starts_with("4.3.0"), "{text}");
-    let text = c.cmd("MAIL FROM:<panic@example.org>", 451).await;
+    let text = c.cmd_expect("MAIL FROM:<panic@example.org>", 451).await;
     assert!(text.starts_with("4.3.0"), "{text}");
-    c.cmd("MAIL FROM:<fine@example.org>", 250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("MAIL FROM:<fine@example.org>", 250).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 }
 
@@ -397,10 +397,10 @@ async fn one_generic_layer_serves_every_stage() {
         .service_fn(|_ctx: Context| async { Ok::<_, BoxError>(()) });
     let server = TestServer::start_with(builder, message_service).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("MAIL FROM:<ann@example.org>", 250).await;
-    c.cmd("RCPT TO:<bob@example.net>", 250).await;
-    c.cmd("RCPT TO:<nobody@example.net>", 550).await;
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
+    c.cmd_expect("RCPT TO:<bob@example.net>", 250).await;
+    c.cmd_expect("RCPT TO:<nobody@example.net>", 550).await;
+    c.cmd_expect("DATA", 354).await;
     c.send(b".\r\n").await;
     c.expect(250).await;
 

@@ -60,7 +60,7 @@ async fn deliver_on(c: &mut Client, label: &str) -> (u16, String) {
 async fn deliver_one(server: &TestServer, label: &str) -> (u16, String) {
     let mut c = Client::connect_ehlo(server.addr).await;
     let reply = deliver_on(&mut c, label).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     reply
 }
 
@@ -358,7 +358,7 @@ async fn a_flood_past_the_global_cap_gets_421_and_the_server_stays_responsive() 
         assert_eq!(deliver_on(c, &format!("held {i}")).await.0, 250);
     }
     for mut c in held {
-        c.cmd("QUIT", 221).await;
+        c.cmd_expect("QUIT", 221).await;
     }
     // The refused connections took no slot, and the freed ones are back.
     assert_admits(server.addr, CAP).await;
@@ -386,14 +386,14 @@ async fn a_flood_past_the_per_ip_cap_gets_421_and_the_server_stays_responsive() 
     assert_eq!(deliver_on(&mut held[0], "held").await.0, 250);
     // One leaves: its place is free again (soon: the slot goes with the task).
     let mut last = held.pop().unwrap();
-    last.cmd("QUIT", 221).await;
+    last.cmd_expect("QUIT", 221).await;
     last.expect_eof().await;
     let started = Instant::now();
     loop {
         let mut c = Client::connect_raw(server.addr).await;
         let r = c.try_read_reply().await.expect("a first reply");
         if r.code == 220 {
-            c.cmd("EHLO client.example", 250).await;
+            c.cmd_expect("EHLO client.example", 250).await;
             held.push(c);
             break;
         }
@@ -405,7 +405,7 @@ async fn a_flood_past_the_per_ip_cap_gets_421_and_the_server_stays_responsive() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for mut c in held {
-        c.cmd("QUIT", 221).await;
+        c.cmd_expect("QUIT", 221).await;
     }
     assert_admits(server.addr, PER_IP).await;
     server.shutdown().await;
@@ -545,7 +545,7 @@ async fn vanish(
         return;
     }
     c.expect(220).await;
-    c.cmd("EHLO client.example", 250).await;
+    c.cmd_expect("EHLO client.example", 250).await;
     let partial_body = || {
         let mut body = format!("Subject: {label}\r\n\r\n").into_bytes();
         body.extend(
@@ -558,11 +558,11 @@ async fn vanish(
         Vanish::BeforeGreeting => unreachable!(),
         Vanish::MidCommand => c.send(b"MAIL FROM:<ann@exa").await,
         Vanish::AfterMail => {
-            c.cmd("MAIL FROM:<ann@example.org>", 250).await;
+            c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
         }
         Vanish::AfterRcpt => {
-            c.cmd("MAIL FROM:<ann@example.org>", 250).await;
-            c.cmd("RCPT TO:<bob@example.net>", 250).await;
+            c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
+            c.cmd_expect("RCPT TO:<bob@example.net>", 250).await;
         }
         Vanish::AfterData => c.begin_data("ann@example.org", &["bob@example.net"]).await,
         Vanish::MidBody => {
@@ -580,33 +580,33 @@ async fn vanish(
             c.send(&message(&label)).await;
         }
         Vanish::MidBdatChunk => {
-            c.cmd("MAIL FROM:<ann@example.org>", 250).await;
-            c.cmd("RCPT TO:<bob@example.net>", 250).await;
+            c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
+            c.cmd_expect("RCPT TO:<bob@example.net>", 250).await;
             c.send(b"BDAT 1000\r\n").await;
             c.send(&[b'x'; 500]).await;
         }
         Vanish::BdatLastUnread => {
-            c.cmd("MAIL FROM:<ann@example.org>", 250).await;
-            c.cmd("RCPT TO:<bob@example.net>", 250).await;
+            c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
+            c.cmd_expect("RCPT TO:<bob@example.net>", 250).await;
             let chunk = format!("Subject: {label}\r\n\r\nbinary\r\n");
             c.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes())
                 .await;
         }
         Vanish::MidAuthLogin => {
-            c.cmd("AUTH LOGIN", 334).await;
-            c.cmd("YW5u", 334).await; // "ann"
+            c.cmd_expect("AUTH LOGIN", 334).await;
+            c.cmd_expect("YW5u", 334).await; // "ann"
         }
         Vanish::MidAuthPlainLine => {
-            c.cmd("AUTH PLAIN", 334).await;
+            c.cmd_expect("AUTH PLAIN", 334).await;
             c.send(b"AGFubgBzZWNy").await; // part of a line, no CRLF
         }
         Vanish::MidStartTlsHandshake => {
-            c.cmd("STARTTLS", 220).await;
+            c.cmd_expect("STARTTLS", 220).await;
             c.send(&hello[..hello.len() / 2]).await;
         }
         Vanish::AfterServerHello => {
-            c.cmd("STARTTLS", 220).await;
-            c.send(&hello).await;
+            c.cmd_expect("STARTTLS", 220).await;
+            c.send(&hello[..]).await;
             let mut byte = [0u8; 1];
             let n = within("the ServerHello", c.stream_mut().read(&mut byte))
                 .await
@@ -614,7 +614,7 @@ async fn vanish(
             assert_eq!((n, byte[0]), (1, 0x16), "a TLS handshake record");
         }
         Vanish::MidBodyOverTls => {
-            c.cmd("STARTTLS", 220).await;
+            c.cmd_expect("STARTTLS", 220).await;
             let tcp = c.stream_mut().get_mut();
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
             // Borrowing the socket keeps the reset option for the close.
@@ -726,7 +726,7 @@ async fn clients_vanishing_at_every_step_leak_no_slot_budget_file_or_task() {
     big.extend(b".\r\n");
     c.send(&big).await;
     c.expect(250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     c.expect_eof().await;
     drop(c);
 
@@ -836,7 +836,7 @@ async fn nul_bytes_are_syntax_errors_and_the_session_stays_usable() {
         let (code, text) = c.read_reply().await;
         assert!((500..600).contains(&code), "{line:?} got {code} {text}");
     }
-    c.cmd("EHLO client.example", 250).await;
+    c.cmd_expect("EHLO client.example", 250).await;
     c.send(b"MAIL FROM:<ann\0@example.org>\r\n").await;
     let (code, _) = c.read_reply().await;
     assert!((500..600).contains(&code), "{code}");
@@ -845,7 +845,7 @@ async fn nul_bytes_are_syntax_errors_and_the_session_stays_usable() {
     let (code, _) = c.read_reply().await;
     assert!((500..600).contains(&code), "{code}");
     assert_eq!(deliver_on(&mut c, "after NULs").await.0, 250);
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
     assert_no_library_panic();
 }
@@ -863,9 +863,9 @@ async fn a_megabyte_without_a_newline_is_drained_then_refused() {
     c.send(b"\r\n").await;
     let text = c.expect(500).await;
     assert!(text.starts_with("5.5.2"), "{text}");
-    c.cmd("NOOP", 250).await;
+    c.cmd_expect("NOOP", 250).await;
     assert_eq!(deliver_on(&mut c, "after a megabyte").await.0, 250);
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     // Never ended: the command timeout closes it.
     let r = answers_to(&server, megabyte).await;
     assert_refused(&r, &["4.4.2"]);
@@ -977,7 +977,7 @@ async fn faulty_services_always_get_an_answer_and_the_session_goes_on() {
     );
     assert_eq!(deliver_on(&mut h, "after hang").await.0, 250);
     good += 1;
-    h.cmd("QUIT", 221).await;
+    h.cmd_expect("QUIT", 221).await;
 
     // Faults in the call itself.
     for (label, status) in [
@@ -1012,7 +1012,7 @@ async fn faulty_services_always_get_an_answer_and_the_session_goes_on() {
         assert_eq!(code, 250, "after {fault:?}: {text}");
         good += 1;
     }
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     assert_eq!(faulty.handled.load(Ordering::SeqCst), good);
     assert_eq!(deliver_one(&server, "another client").await.0, 250);
     server.shutdown().await;

@@ -53,13 +53,13 @@ async fn observer_sees_commands_replies_and_a_quit() {
     let log = Log::default();
     let server = TestServer::start(Server::builder().observer(log.clone())).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("MAIL FROM:<a@example.org>", 250).await;
-    c.cmd("RCPT TO:<b@example.org>", 250).await;
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd_expect("RCPT TO:<b@example.org>", 250).await;
+    c.cmd_expect("DATA", 354).await;
     c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n").await;
     c.expect(250).await;
-    c.cmd("FROB", 500).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("FROB", 500).await;
+    c.cmd_expect("QUIT", 221).await;
     let events = log.closed().await;
     let expected = [
         "connected tls=false",
@@ -99,9 +99,9 @@ async fn observer_tells_why_sessions_ended() {
 
     let mut c = Client::connect(server.addr).await;
     for _ in 0..2 {
-        c.cmd("FROB", 500).await;
+        c.cmd_expect("FROB", 500).await;
     }
-    c.cmd("FROB", 421).await;
+    c.cmd_expect("FROB", 421).await;
     assert_eq!(log.closed().await.last().unwrap(), "closed error_limit");
     log.0.lock().unwrap().clear();
 
@@ -127,7 +127,7 @@ async fn observer_counts_a_failed_starttls_handshake() {
     let log = Log::default();
     let server = TestServer::start(Server::builder().observer(log.clone()).tls(tls)).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("STARTTLS", 220).await;
+    c.cmd_expect("STARTTLS", 220).await;
     // Not a ClientHello.
     c.send(b"EHLO again\r\n").await;
     let events = log.closed().await;

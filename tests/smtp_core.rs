@@ -136,7 +136,7 @@ async fn oversize_message_is_refused_after_its_end_then_the_session_goes_on() {
     c.begin_data("ann@example.org", &["bob@example.net"]).await;
     c.send(b"Subject: small\r\n\r\nfits\r\n.\r\n").await;
     c.expect(250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     c.expect_eof().await;
     let ctx = server.recorder.single();
     assert_eq!(&ctx.message()[..], b"Subject: small\r\n\r\nfits\r\n");
@@ -147,13 +147,16 @@ async fn oversize_message_is_refused_after_its_end_then_the_session_goes_on() {
 async fn declared_size_over_the_limit_is_refused_at_mail() {
     let server = TestServer::start(Server::builder().max_message_bytes(1000)).await;
     let mut c = Client::connect(server.addr).await;
-    let ehlo = c.cmd("EHLO client.example", 250).await;
+    let ehlo = c.cmd_expect("EHLO client.example", 250).await;
     assert!(ehlo.lines().any(|l| l == "SIZE 1000"), "{ehlo}");
-    let text = c.cmd("MAIL FROM:<ann@example.org> SIZE=1001", 552).await;
+    let text = c
+        .cmd_expect("MAIL FROM:<ann@example.org> SIZE=1001", 552)
+        .await;
     assert!(text.starts_with("5.3.4"), "{text}");
-    c.cmd("MAIL FROM:<ann@example.org> SIZE=1000", 250).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org> SIZE=1000", 250)
+        .await;
     // Graceful shutdown waits for a transaction in progress: end it first.
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 }
 
@@ -168,8 +171,8 @@ async fn overlong_command_line_is_refused_and_the_session_stays_in_sync() {
     let text = c.expect(500).await;
     assert!(text.starts_with("5.5.2"), "{text}");
     // Nothing of the long line was taken as a transaction.
-    c.cmd("RCPT TO:<bob@example.net>", 503).await;
-    c.cmd("NOOP", 250).await;
+    c.cmd_expect("RCPT TO:<bob@example.net>", 503).await;
+    c.cmd_expect("NOOP", 250).await;
     c.begin_data("ann@example.org", &["bob@example.net"]).await;
     c.send(b"Subject: after\r\n\r\nok\r\n.\r\n").await;
     c.expect(250).await;
@@ -183,7 +186,7 @@ async fn idle_client_is_closed_after_the_command_timeout() {
         TestServer::start(Server::builder().command_timeout(Duration::from_millis(300))).await;
     let started = Instant::now();
     let mut c = Client::connect(server.addr).await;
-    c.cmd("EHLO client.example", 250).await;
+    c.cmd_expect("EHLO client.example", 250).await;
     let text = c.expect(421).await;
     let waited = started.elapsed();
     assert!(text.starts_with("4.4.2"), "{text}");
@@ -235,10 +238,10 @@ async fn a_stalled_transaction_delays_shutdown_only_until_the_command_timeout() 
     let builder = Server::builder().command_timeout(Duration::from_millis(400));
     let mut server = TestServer::start(builder).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("MAIL FROM:<ann@example.org>", 250).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
     server.trigger_shutdown();
     // The transaction may go on: the client is not cut off at once...
-    c.cmd("RCPT TO:<bob@example.net>", 250).await;
+    c.cmd_expect("RCPT TO:<bob@example.net>", 250).await;
     // ...but a client that stops talking is timed out as usual.
     let text = c.expect(421).await;
     assert!(text.starts_with("4.4.2"), "{text}");
@@ -440,7 +443,7 @@ async fn connections_per_ip_are_capped() {
     c.expect_eof().await;
 
     // A freed slot is usable again.
-    a.cmd("QUIT", 221).await;
+    a.cmd_expect("QUIT", 221).await;
     a.expect_eof().await;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -461,9 +464,9 @@ async fn too_many_errors_close_the_session() {
     let server = TestServer::start(Server::builder().max_errors(3)).await;
     let mut c = Client::connect(server.addr).await;
     for _ in 0..3 {
-        c.cmd("BOGUS", 500).await;
+        c.cmd_expect("BOGUS", 500).await;
     }
-    let text = c.cmd("BOGUS", 421).await;
+    let text = c.cmd_expect("BOGUS", 421).await;
     assert!(text.starts_with("4.7.0"), "{text}");
     c.expect_eof().await;
     server.shutdown().await;
@@ -473,7 +476,7 @@ async fn too_many_errors_close_the_session() {
 async fn quit_is_221_then_eof() {
     let server = TestServer::start(Server::builder().hostname("mx.test")).await;
     let mut c = Client::connect(server.addr).await;
-    let text = c.cmd("QUIT", 221).await;
+    let text = c.cmd_expect("QUIT", 221).await;
     assert!(text.starts_with("2.0.0 mx.test"), "{text}");
     c.expect_eof().await;
     server.shutdown().await;
@@ -500,7 +503,7 @@ async fn a_stalled_transaction_delays_shutdown_at_most_the_grace() {
         .shutdown_grace(Duration::from_millis(300));
     let mut server = TestServer::start(builder).await;
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("MAIL FROM:<ann@example.org>", 250).await;
+    c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await;
     let started = std::time::Instant::now();
     server.trigger_shutdown();
     // The client stops talking mid-transaction: closed after the grace,

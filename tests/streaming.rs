@@ -7,16 +7,16 @@
 //! error its body yielded. A test's spill directory is its own and must be
 //! empty when its messages are gone.
 
-mod support;
+mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{Client, Pki, TestServer, step};
 use futures_util::StreamExt;
 use smtpsrv::tower::service_fn;
 use smtpsrv::{BoxError, Builder, Context, Reply, Server};
-use support::{Client, Pki, TestServer, within};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The memory test runs alone; the others beside each other.
@@ -53,7 +53,7 @@ impl Log {
     /// Waits (bounded) until `n` messages were seen: a streaming handler
     /// may still be finishing when the client has its reply.
     async fn wait_for(&self, n: usize) -> Vec<Seen> {
-        within(async {
+        step(async {
             loop {
                 let all = self.all();
                 if all.len() >= n {
@@ -149,7 +149,7 @@ async fn start_counting(
             Ok(Reply::ok())
         }
     });
-    let server = TestServer::start(configure(builder(mode, spill_dir.path())), service).await;
+    let server = TestServer::serve(configure(builder(mode, spill_dir.path())), service).await;
     Setup {
         server,
         log,
@@ -160,7 +160,7 @@ async fn start_counting(
 impl Setup {
     /// The spill directory is empty once no message is in flight.
     async fn assert_no_temp_files(&self) {
-        within(async {
+        step(async {
             loop {
                 let n = std::fs::read_dir(self.spill_dir.path()).unwrap().count();
                 if n == 0 {
@@ -448,7 +448,7 @@ async fn an_early_answer_is_sent_after_the_message_is_drained() {
         drop(ctx);
         Err::<Reply, BoxError>(Box::new(Reply::new(550, (5, 7, 1), "Not for you")))
     });
-    let server = TestServer::start(builder(Mode::Streaming, spill_dir.path()), service).await;
+    let server = TestServer::serve(builder(Mode::Streaming, spill_dir.path()), service).await;
     let mut c = server.connect().await;
     session(&mut c).await;
     c.cmd("DATA").await.expect(354, "");
@@ -478,7 +478,7 @@ async fn a_slow_streaming_handler_holds_the_client_back() {
             read_all(ctx, l).await
         }
     });
-    let server = TestServer::start(builder(Mode::Streaming, spill_dir.path()), service).await;
+    let server = TestServer::serve(builder(Mode::Streaming, spill_dir.path()), service).await;
     let mut c = server.connect().await;
     session(&mut c).await;
     c.cmd("DATA").await.expect(354, "");
@@ -551,7 +551,7 @@ async fn a_spilled_body_can_be_prepended_to_and_parsed() {
             Ok::<_, BoxError>(())
         }
     });
-    let server = TestServer::start(builder(Mode::Buffered, spill_dir.path()), service).await;
+    let server = TestServer::serve(builder(Mode::Buffered, spill_dir.path()), service).await;
     let mut c = server.connect().await;
     session(&mut c).await;
     c.cmd("DATA").await.expect(354, "");
@@ -564,7 +564,7 @@ async fn a_spilled_body_can_be_prepended_to_and_parsed() {
     assert_eq!(&bytes[13..], &m[..]);
     assert_eq!(subject.as_deref(), Some("test 9"));
     c.cmd("QUIT").await.expect(221, "");
-    within(async {
+    step(async {
         while std::fs::read_dir(spill_dir.path()).unwrap().count() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

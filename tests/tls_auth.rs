@@ -1,17 +1,17 @@
 //! STARTTLS (RFC 3207), implicit TLS (RFC 8314) and AUTH (RFC 4954) over
 //! real TCP on 127.0.0.1, with lettre and with scripted conversations.
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::*;
 use lettre::transport::smtp::authentication::Credentials as LettreCredentials;
 use lettre::transport::smtp::client::Tls;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use smtpsrv::tls::TlsConfig;
 use smtpsrv::{BoxError, Builder, Identity, MailFrom, Server};
-use support::*;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -61,10 +61,10 @@ fn message(subject: &str) -> Message {
 async fn starttls_delivery_with_lettre() {
     let pki = Pki::new();
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(tls_builder(&pki), service).await;
+    let server = TestServer::serve(tls_builder(&pki), service).await;
 
     let mailer = lettre_transport(server.addr.port(), Tls::Required(pki.lettre_tls())).build();
-    let response = within(mailer.send(message("over starttls"))).await.unwrap();
+    let response = step(mailer.send(message("over starttls"))).await.unwrap();
     assert!(response.is_positive());
 
     let ctx = inbox.next().await;
@@ -85,7 +85,7 @@ async fn starttls_delivery_with_lettre() {
 async fn context_tls_facts_match_what_the_client_negotiated() {
     let pki = Pki::new();
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(tls_builder(&pki), service).await;
+    let server = TestServer::serve(tls_builder(&pki), service).await;
 
     let mut client = tls_session(&server, &pki).await;
     let conn = client.stream().get_ref().1;
@@ -119,7 +119,7 @@ async fn context_tls_facts_match_what_the_client_negotiated() {
 async fn plaintext_pipelined_after_starttls_is_discarded() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(tls_builder(&pki), service).await;
+    let server = TestServer::serve(tls_builder(&pki), service).await;
 
     let mut client = server.connect().await;
     client.ehlo().await;
@@ -143,7 +143,7 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
 async fn mail_pipelined_after_starttls_does_not_run() {
     let pki = Pki::new();
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(tls_builder(&pki), service).await;
+    let server = TestServer::serve(tls_builder(&pki), service).await;
 
     let mut client = server.connect().await;
     client.ehlo().await;
@@ -166,7 +166,7 @@ async fn mail_pipelined_after_starttls_does_not_run() {
 async fn starttls_resets_the_session() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(tls_builder(&pki), service).await;
+    let server = TestServer::serve(tls_builder(&pki), service).await;
 
     let mut client = server.connect().await;
     let before = client.ehlo().await;
@@ -201,7 +201,7 @@ async fn starttls_resets_the_session() {
 #[tokio::test]
 async fn starttls_without_tls_configured_is_454() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
 
     let mut client = server.connect().await;
     assert!(!client.ehlo().await.has_keyword("STARTTLS"));
@@ -214,7 +214,7 @@ async fn starttls_without_tls_configured_is_454() {
 async fn require_tls_refuses_mail_before_starttls() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(tls_builder(&pki).require_tls(true), service).await;
+    let server = TestServer::serve(tls_builder(&pki).require_tls(true), service).await;
 
     let mut client = server.connect().await;
     client.ehlo().await;
@@ -242,7 +242,7 @@ async fn implicit_tls_delivery_with_lettre() {
     let port = server.tls_addr.unwrap().port();
 
     let mailer = lettre_transport(port, Tls::Wrapper(pki.lettre_tls())).build();
-    let response = within(mailer.send(message("over implicit tls")))
+    let response = step(mailer.send(message("over implicit tls")))
         .await
         .unwrap();
     assert!(response.is_positive());
@@ -358,7 +358,7 @@ async fn reloaded_certificate_is_seen_by_the_next_connection() {
 async fn auth_plain_with_initial_response() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
 
     let mut client = server.connect().await;
     client.ehlo().await;
@@ -373,7 +373,7 @@ async fn auth_plain_with_initial_response() {
 async fn auth_plain_with_empty_challenge() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     let challenge = client.cmd("AUTH PLAIN").await;
@@ -393,7 +393,7 @@ async fn auth_plain_with_empty_challenge() {
 async fn auth_login_success() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     let ask_user = client.cmd("AUTH LOGIN").await;
@@ -416,7 +416,7 @@ async fn auth_login_success() {
 async fn auth_login_with_initial_username() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     let line = format!("AUTH LOGIN {}", b64(USER.as_bytes()));
@@ -432,7 +432,7 @@ async fn auth_login_with_initial_username() {
 async fn auth_failures_are_535_and_may_be_retried() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     let wrong = format!("AUTH PLAIN {}", plain_response(USER, "guess"));
@@ -453,7 +453,7 @@ async fn auth_failure_delay_is_applied() {
     let (service, _inbox) = recorder();
     let delay = Duration::from_millis(300);
     let builder = auth_builder(&pki).auth_failure_delay(delay);
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
     let mut client = tls_session(&server, &pki).await;
 
     let wrong = format!("AUTH PLAIN {}", plain_response(USER, "guess"));
@@ -467,7 +467,7 @@ async fn auth_failure_delay_is_applied() {
 async fn auth_over_plaintext_is_refused_and_not_advertised() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
 
     let mut client = server.connect().await;
     let ehlo = client.ehlo().await;
@@ -488,7 +488,7 @@ async fn allow_insecure_auth_permits_plaintext() {
         .authenticator(authenticator())
         .auth_failure_delay(Duration::ZERO)
         .allow_insecure_auth(true);
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
 
     let mut client = server.connect().await;
     let ehlo = client.ehlo().await;
@@ -513,7 +513,7 @@ fn plain_with_authzid(authzid: &str, user: &str, password: &str) -> String {
 async fn auth_plain_with_a_foreign_authzid_fails_by_default() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
     let foreign = format!("AUTH PLAIN {}", plain_with_authzid("boss", USER, PASSWORD));
     client.cmd(&foreign).await.expect(535, "5.7.8");
@@ -539,7 +539,7 @@ async fn auth_plain_authzid_granted_by_the_authenticator_becomes_the_identity() 
     let builder = tls_builder(&pki)
         .authenticator(proxying)
         .auth_failure_delay(Duration::ZERO);
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
     let mut client = tls_session(&server, &pki).await;
     let other = format!("AUTH PLAIN {}", plain_with_authzid("root", USER, PASSWORD));
     client.cmd(&other).await.expect(535, "5.7.8");
@@ -559,7 +559,7 @@ async fn auth_plain_authzid_granted_by_the_authenticator_becomes_the_identity() 
 async fn auth_protocol_errors() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     client.cmd("AUTH PLAIN").await.expect(334, "");
@@ -584,7 +584,7 @@ async fn auth_protocol_errors() {
 async fn second_auth_is_503() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     let line = format!("AUTH PLAIN {}", plain_response(USER, PASSWORD));
@@ -597,7 +597,7 @@ async fn second_auth_is_503() {
 async fn auth_inside_a_transaction_is_503() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     client
@@ -614,7 +614,7 @@ async fn auth_inside_a_transaction_is_503() {
 async fn mail_auth_parameter_is_accepted_and_kept() {
     let pki = Pki::new();
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki), service).await;
+    let server = TestServer::serve(auth_builder(&pki), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     client
@@ -635,7 +635,7 @@ async fn mail_auth_parameter_is_accepted_and_kept() {
 #[tokio::test]
 async fn mail_auth_parameter_without_auth_support_is_555() {
     let (service, _inbox) = recorder();
-    let server = TestServer::start(Server::builder(), service).await;
+    let server = TestServer::serve(Server::builder(), service).await;
     let mut client = server.connect().await;
     client.ehlo().await;
     client
@@ -648,7 +648,7 @@ async fn mail_auth_parameter_without_auth_support_is_555() {
 async fn require_auth_refuses_mail_until_authenticated() {
     let pki = Pki::new();
     let (service, _inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki).require_auth(true), service).await;
+    let server = TestServer::serve(auth_builder(&pki).require_auth(true), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     client
@@ -676,7 +676,7 @@ async fn identity_reaches_mail_hook_and_context_but_password_never_does() {
             Ok::<_, BoxError>(())
         }
     });
-    let server = TestServer::start(auth_builder(&pki).on_mail(hook), service).await;
+    let server = TestServer::serve(auth_builder(&pki).on_mail(hook), service).await;
     let mut client = tls_session(&server, &pki).await;
 
     let login = format!("AUTH LOGIN {}", b64(USER.as_bytes()));
@@ -699,7 +699,7 @@ async fn identity_reaches_mail_hook_and_context_but_password_never_does() {
         .await
         .expect(250, "2.0.0");
 
-    let (hook_identity, hook_debug) = within(seen_rx.recv()).await.unwrap();
+    let (hook_identity, hook_debug) = step(seen_rx.recv()).await.unwrap();
     assert_eq!(hook_identity, Some(Identity::new(USER)));
     assert!(!hook_debug.contains(PASSWORD), "{hook_debug}");
     let ctx = inbox.next().await;
@@ -712,13 +712,13 @@ async fn identity_reaches_mail_hook_and_context_but_password_never_does() {
 async fn lettre_with_credentials_over_starttls() {
     let pki = Pki::new();
     let (service, mut inbox) = recorder();
-    let server = TestServer::start(auth_builder(&pki).require_auth(true), service).await;
+    let server = TestServer::serve(auth_builder(&pki).require_auth(true), service).await;
     let port = server.addr.port();
 
     let mailer = lettre_transport(port, Tls::Required(pki.lettre_tls()))
         .credentials(LettreCredentials::new(USER.into(), PASSWORD.into()))
         .build();
-    let response = within(mailer.send(message("authenticated"))).await.unwrap();
+    let response = step(mailer.send(message("authenticated"))).await.unwrap();
     assert!(response.is_positive());
     let ctx = inbox.next().await;
     assert_eq!(ctx.identity(), Some(&Identity::new(USER)));
@@ -727,7 +727,7 @@ async fn lettre_with_credentials_over_starttls() {
     let wrong = lettre_transport(port, Tls::Required(pki.lettre_tls()))
         .credentials(LettreCredentials::new(USER.into(), "guess".into()))
         .build();
-    let err = within(wrong.send(message("refused"))).await.unwrap_err();
+    let err = step(wrong.send(message("refused"))).await.unwrap_err();
     assert!(err.is_permanent(), "{err:?}");
     inbox.assert_empty();
 }
@@ -738,7 +738,7 @@ async fn auth_before_ehlo_is_503() {
     let builder = Server::builder()
         .authenticator(authenticator())
         .allow_insecure_auth(true);
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
     let mut client = server.connect().await;
     let line = format!("AUTH PLAIN {}", plain_response(USER, PASSWORD));
     client.cmd(&line).await.expect(503, "5.5.1");
@@ -753,7 +753,7 @@ async fn starttls_forgets_a_plaintext_authentication() {
     let builder = auth_builder(&pki)
         .allow_insecure_auth(true)
         .require_auth(true);
-    let server = TestServer::start(builder, service).await;
+    let server = TestServer::serve(builder, service).await;
 
     let mut client = server.connect().await;
     client.ehlo().await;
