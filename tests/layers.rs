@@ -191,6 +191,9 @@ async fn a_refusing_layer_from_the_public_blocks_refuses_with_its_reply_and_pass
 /// message length and whether `prepend_header` changed anything.
 type Seen = Arc<Mutex<Vec<(StageKind, Option<bool>, Option<usize>, bool)>>>;
 
+/// What the handler read: whether its body was spilled, and its bytes.
+type Received = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
+
 /// Puts `X-Seen-Size: <length>` on top of the message, through `Stage` only.
 #[derive(Clone, Default)]
 struct StampLayer(Seen);
@@ -241,7 +244,7 @@ where
 async fn stage_gives_a_layer_the_message_and_prepend_header_on_a_spilled_body() {
     let spill = tempfile::tempdir().unwrap();
     let stamp = StampLayer::default();
-    let received: Arc<Mutex<Vec<(bool, Vec<u8>)>>> = Arc::default();
+    let received = Received::default();
     let store = received.clone();
     let handler = ServiceBuilder::new()
         .layer(stamp.clone())
@@ -296,16 +299,19 @@ async fn stage_gives_a_layer_the_message_and_prepend_header_on_a_spilled_body() 
 // ---------------------------------------------------------------------------
 // One layer on every hook.
 
+/// `(stage, layer name)` of every call, in call order.
+type CallLog = Arc<Mutex<Vec<(StageKind, &'static str)>>>;
+
 /// Counts calls per stage and logs `(stage, name)` in call order.
 #[derive(Clone)]
 struct CountLayer {
     name: &'static str,
     counts: Arc<[AtomicUsize; 6]>,
-    log: Arc<Mutex<Vec<(StageKind, &'static str)>>>,
+    log: CallLog,
 }
 
 impl CountLayer {
-    fn new(name: &'static str, log: &Arc<Mutex<Vec<(StageKind, &'static str)>>>) -> Self {
+    fn new(name: &'static str, log: &CallLog) -> Self {
         CountLayer {
             name,
             counts: Arc::default(),
@@ -390,7 +396,7 @@ fn known_users() -> impl Service<
 
 #[tokio::test]
 async fn one_layer_on_every_hook_observes_every_stage() {
-    let log = Arc::default();
+    let log = CallLog::default();
     let counts = CountLayer::new("count", &log);
     // hook_layer comes first: the hooks installed after it are wrapped too.
     let builder = Server::builder()
@@ -432,7 +438,7 @@ async fn one_layer_on_every_hook_observes_every_stage() {
 
 #[tokio::test]
 async fn hook_layers_stack_with_the_first_outermost_and_keep_the_default_replies() {
-    let log: Arc<Mutex<Vec<(StageKind, &'static str)>>> = Arc::default();
+    let log = CallLog::default();
     let layered = Server::builder()
         .hook_layer(CountLayer::new("outer", &log))
         .hook_layer(CountLayer::new("inner", &log));
