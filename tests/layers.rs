@@ -513,6 +513,38 @@ async fn a_middleware_rate_limit_on_every_hook_counts_every_stage_in_one_bucket(
     server.shutdown().await;
 }
 
+/// The only test here that installs the process-wide metrics recorder; the
+/// others' layers count into it too, but none of them fails an AUTH.
+#[tokio::test]
+async fn metrics_on_every_hook_count_the_authenticator_too() {
+    use smtpsrv_middleware::metrics::{Metrics, MetricsLayer};
+
+    let metrics = Metrics::install().expect("the only recorder of this test binary");
+    let builder = Server::builder()
+        .hook_layer(MetricsLayer::new())
+        .authenticator(authenticator())
+        .allow_insecure_auth(true)
+        .auth_failure_delay(Duration::ZERO);
+    let server = TestServer::start(builder).await;
+
+    let mut c = Client::connect_ehlo(server.addr).await;
+    c.cmd("AUTH PLAIN AGFubgB3cm9uZw==", 535).await; // ann / wrong
+    c.cmd(AUTH_ANN, 235).await;
+    c.cmd("QUIT", 221).await;
+    server.shutdown().await;
+
+    let text = metrics.render();
+    let refused_auths = text
+        .lines()
+        .find(|l| {
+            l.starts_with("smtp_hook_replies_total{")
+                && l.contains("stage=\"auth\"")
+                && l.contains("result=\"refused\"")
+        })
+        .unwrap_or_else(|| panic!("no refused auth counted in:\n{text}"));
+    assert!(refused_auths.ends_with(" 1"), "{refused_auths}");
+}
+
 // ---------------------------------------------------------------------------
 // Accept.
 
