@@ -435,3 +435,43 @@ impl Stage for Context {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Arc<SessionInfo> {
+        Arc::new(SessionInfo::new(
+            "[::ffff:192.0.2.7]:4000".parse().unwrap(),
+            "[::]:25".parse().unwrap(),
+        ))
+    }
+
+    /// What each stage carries, read through `Stage` alone.
+    fn carried<R: Stage>(req: &mut R) -> (bool, Option<usize>, bool, bool) {
+        (
+            req.recipient().is_some(),
+            req.message().map(|m| m.len()),
+            req.message_id().is_some(),
+            req.prepend_header("X-Test: 1\r\n"),
+        )
+    }
+
+    #[test]
+    fn stages_carry_what_they_have_and_nothing_else() {
+        let helo = &mut Helo::new(session(), Greeting::Ehlo("c.example".into()));
+        assert_eq!(carried(helo), (false, None, false, false));
+        let to = Recipient::new(Address::parse("b@example.net").unwrap(), Default::default());
+        let rcpt = &mut RcptTo::new(session(), Envelope::default(), to);
+        assert_eq!(carried(rcpt), (true, None, false, false));
+        let ctx = &mut Context::new(session(), Envelope::default(), "Subject: x\r\n\r\n".into());
+        assert_eq!(carried(ctx), (false, Some(14), true, true));
+        assert_eq!(&ctx.message()[..], b"X-Test: 1\r\nSubject: x\r\n\r\n");
+    }
+
+    #[test]
+    fn client_ip_turns_mapped_ipv4_back() {
+        let ip = Connect::new(session()).client_ip();
+        assert_eq!(ip, "192.0.2.7".parse::<std::net::IpAddr>().unwrap());
+    }
+}

@@ -33,13 +33,11 @@ pub type AuthenticatorService = BoxCloneService<Authenticate, Option<Identity>, 
 /// type, like tower's `TimeoutLayer` and the `smtpsrv-middleware` layers.
 /// A layer that changes the response to a [`Reply`] cannot wrap the
 /// authenticator, whose answer is an identity.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot wrap every hook",
-    note = "a hook layer must be a `Layer` for the service of every stage, \
-            `HookService<Connect | Helo | MailFrom | RcptTo>` and `AuthenticatorService`, \
-            keeping a clonable `Send` service whose response the server can read; \
-            put a layer made for one stage on that stage's hook instead"
-)]
+///
+/// When a layer does not fit, the compiler names the stage it misses
+/// ("`Service<Connect>` is not implemented for `Foo<BoxCloneService<Connect, ..>>`,
+/// required for `FooLayer` to implement `HookLayer`"): put a layer made
+/// for one stage on that stage's hook instead.
 pub trait HookLayer:
     Layer<
         HookService<Connect>,
