@@ -407,7 +407,8 @@ impl Builder {
     ///     // Every hook answers within 10 s, or the client gets 451 4.4.7.
     ///     .hook_layer(TimeoutLayer::new(Duration::from_secs(10)))
     ///     .on_rcpt(smtpsrv::tower::service_fn(|req: RcptTo| async move {
-    ///         let known = req.address().local_part() == "ann";
+    ///         let ours = req.address().domain().is_some_and(|d| d.eq_ignore_ascii_case("example.com"));
+    ///         let known = ours && req.address().local_part() == "ann";
     ///         Ok::<_, BoxError>(if known { Reply::ok() } else { Reply::new(550, (5, 1, 1), "No such user") })
     ///     }));
     /// # drop(builder.build());
