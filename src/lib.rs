@@ -23,6 +23,7 @@
 //! | [`Server`], [`Builder`] | settings, listeners, caps, graceful shutdown |
 //! | [`Context`], [`email`] | what a handler gets, and the parsed message |
 //! | [`stage`] | hook requests and the [`Stage`] trait layers are generic over |
+//! | [`layer`] | building blocks for your own layers: [`ResponseFuture`](layer::ResponseFuture), [`Accept`](layer::Accept), one layer on every hook |
 //! | [`tls`], [`sasl`], [`proxy`] | certificates and TLS facts, AUTH exchanges, PROXY protocol |
 //!
 //! Policy layers (SPF, DKIM, DMARC, rate limits, ...) are in the companion
@@ -62,6 +63,7 @@ mod envelope;
 pub mod extensions;
 mod hooks;
 mod info;
+pub mod layer;
 pub mod observe;
 pub mod proto;
 pub mod proxy;

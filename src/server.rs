@@ -25,6 +25,7 @@ use crate::conn::{Connection, Transport};
 use crate::context::Context;
 use crate::hooks::{Hooks, boxed_authenticator, boxed_hook};
 use crate::info::{Identity, SessionInfo};
+use crate::layer::{HookLayer, HookLayers};
 use crate::observe::{Event, report};
 use crate::proto::LineEndings;
 use crate::proxy::{TrustedProxies, read_header_with_timeout};
@@ -50,6 +51,7 @@ pub struct Builder {
     config: Config,
     hooks: Hooks,
     tls: Option<TlsConfig>,
+    hook_layers: HookLayers,
 }
 
 impl Builder {
@@ -383,6 +385,39 @@ impl Builder {
         self
     }
 
+    /// Puts `layer` around every hook: the connect, HELO, MAIL and RCPT
+    /// hooks and the authenticator, so one tracing, metrics or rate-limit
+    /// layer covers every stage (the message service takes it through a
+    /// `ServiceBuilder`, as usual).
+    ///
+    /// Applied by [`build`](Self::build), whatever the order of the builder
+    /// calls; several calls stack like `ServiceBuilder::layer` (the first is
+    /// outermost). A stage without a hook gets [`Accept`](crate::layer::Accept)
+    /// inside the layer, so the layer sees every stage (the protocol is
+    /// unchanged: `Accept` gives the default replies); the authenticator is
+    /// wrapped only when there is one. See [`crate::layer`] for why this
+    /// shape and for a layer of your own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use smtpsrv::tower::timeout::TimeoutLayer;
+    /// use smtpsrv::{BoxError, RcptTo, Reply};
+    ///
+    /// let builder = smtpsrv::Server::builder()
+    ///     // Every hook answers within 10 s, or the client gets 451 4.4.7.
+    ///     .hook_layer(TimeoutLayer::new(Duration::from_secs(10)))
+    ///     .on_rcpt(smtpsrv::tower::service_fn(|req: RcptTo| async move {
+    ///         let ours = req.address().domain().is_some_and(|d| d.eq_ignore_ascii_case("example.com"));
+    ///         let known = ours && req.address().local_part() == "ann";
+    ///         Ok::<_, BoxError>(if known { Reply::ok() } else { Reply::new(550, (5, 1, 1), "No such user") })
+    ///     }));
+    /// # drop(builder.build());
+    /// ```
+    pub fn hook_layer<L: HookLayer>(mut self, layer: L) -> Self {
+        self.hook_layers.push(layer);
+        self
+    }
+
     /// A bare protocol session with these settings and no IO, for fuzzing
     /// and for tests of the state machine. Hooks are not called: a
     /// [`Check`](crate::session::Check) must be answered by the caller.
@@ -395,11 +430,12 @@ impl Builder {
     }
 
     /// The server, without listeners yet.
-    pub fn build(self) -> Server {
+    pub fn build(mut self) -> Server {
         let budget = MemoryBudget::new(self.config.memory_budget);
+        let hooks = self.hook_layers.apply(self.hooks, &mut self.config.hooks);
         Server {
             config: Arc::new(self.config),
-            hooks: self.hooks,
+            hooks,
             tls: self.tls,
             budget,
             listeners: Vec::new(),

@@ -7,10 +7,31 @@
 //! temporary failure. Because every request exposes the session through
 //! [`Stage`], one layer (rate limiting, require-auth, logging) can be put in
 //! front of any stage.
+//!
+//! # What a stage carries
+//!
+//! Rust has no specialisation, so a layer generic over the stage cannot ask
+//! "is this a [`Context`]?". Each request type says what it carries
+//! instead, through [`Stage`]'s provided methods: the envelope from `MAIL`
+//! on, the recipient at `RCPT`, the message (its [`Body`], its bytes, its
+//! id, [`prepend_header`](Stage::prepend_header)) at `DATA`/`BDAT`. The
+//! defaults say "nothing", so a request type of your own implements only
+//! what it has.
+//!
+//! The message, whatever the body's shape (see [`crate::body`]):
+//!
+//! | | in memory | spilled to a file | streaming |
+//! |---|---|---|---|
+//! | [`Stage::body`] | yes | yes, no load | yes, read once as chunks |
+//! | [`Stage::message`] | zero-copy | read from the file on the first call (blocking), then kept in memory for the request's life | panics: [`Body::buffer`] it first through [`Stage::body_mut`], or read [`Stage::body`] |
+//! | [`Stage::prepend_header`] | rewrites the bytes | kept apart, file untouched | kept apart, sent first |
 
 use std::sync::Arc;
 
-use crate::context::Context;
+use bytes::Bytes;
+
+use crate::body::Body;
+use crate::context::{Context, MessageId};
 use crate::envelope::{Envelope, Recipient};
 use crate::extensions::SharedExtensions;
 use crate::info::{Greeting, SessionInfo};
@@ -66,6 +87,65 @@ pub trait Stage: Send + 'static {
 
     /// A result left by an earlier layer or stage.
     fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T>;
+
+    /// The client's IP address, with an IPv4-mapped IPv6 address (what a
+    /// dual-stack socket reports for an IPv4 client) turned back into IPv4:
+    /// the address to key rate limits and check SPF with.
+    fn client_ip(&self) -> std::net::IpAddr {
+        self.session().peer_addr().ip().to_canonical()
+    }
+
+    /// The recipient being decided on (`RCPT TO` only).
+    fn recipient(&self) -> Option<&Recipient> {
+        None
+    }
+
+    /// The message, whatever its shape (`DATA`/`BDAT` only): read it as
+    /// chunks or as `AsyncRead` without loading a spilled body.
+    fn body(&self) -> Option<&Body> {
+        None
+    }
+
+    /// Mutable access to the message (`DATA`/`BDAT` only), e.g. to
+    /// [`Body::buffer`] a streaming body before [`Stage::message`].
+    fn body_mut(&mut self) -> Option<&mut Body> {
+        None
+    }
+
+    /// The complete message in memory (`DATA`/`BDAT` only), as
+    /// [`Body::as_bytes`] gives it: zero-copy in memory; a spilled body is
+    /// read from its file on the first call (a blocking read, kept for the
+    /// request's life, not counted by the memory budget).
+    ///
+    /// # Panics
+    ///
+    /// On a streaming body (see [`Body::as_bytes`]). A layer that needs the
+    /// whole message in streaming mode calls [`Body::buffer`] first
+    /// (through [`Stage::body_mut`]), or reads [`Stage::body`] as chunks.
+    fn message(&self) -> Option<&Bytes> {
+        self.body().map(Body::as_bytes)
+    }
+
+    /// The message's id (`DATA`/`BDAT` only).
+    fn message_id(&self) -> Option<&MessageId> {
+        None
+    }
+
+    /// Puts a header field (one or more complete fields, each ending in
+    /// CRLF) on top of the message; false where there is no message.
+    ///
+    /// Works on every body shape without loading it (see
+    /// [`Body::prepend`]): a spilled or streaming body keeps the field
+    /// apart and yields it first.
+    fn prepend_header(&mut self, field: &str) -> bool {
+        match self.body_mut() {
+            Some(body) => {
+                body.prepend(field.as_bytes());
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 macro_rules! shared_extensions_stage {
@@ -316,6 +396,9 @@ impl Stage for RcptTo {
     fn envelope(&self) -> Option<&Envelope> {
         Some(&self.envelope)
     }
+    fn recipient(&self) -> Option<&Recipient> {
+        Some(&self.recipient)
+    }
     shared_extensions_stage!();
 }
 
@@ -334,5 +417,61 @@ impl Stage for Context {
     }
     fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         self.extensions().get::<T>().cloned()
+    }
+    fn body(&self) -> Option<&Body> {
+        Some(Context::body(self))
+    }
+    fn body_mut(&mut self) -> Option<&mut Body> {
+        Some(Context::body_mut(self))
+    }
+    fn message(&self) -> Option<&Bytes> {
+        Some(Context::message(self))
+    }
+    fn message_id(&self) -> Option<&MessageId> {
+        Some(self.id())
+    }
+    fn prepend_header(&mut self, field: &str) -> bool {
+        Context::prepend(self, field.as_bytes());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Arc<SessionInfo> {
+        Arc::new(SessionInfo::new(
+            "[::ffff:192.0.2.7]:4000".parse().unwrap(),
+            "[::]:25".parse().unwrap(),
+        ))
+    }
+
+    /// What each stage carries, read through `Stage` alone.
+    fn carried<R: Stage>(req: &mut R) -> (bool, Option<usize>, bool, bool) {
+        (
+            req.recipient().is_some(),
+            req.message().map(|m| m.len()),
+            req.message_id().is_some(),
+            req.prepend_header("X-Test: 1\r\n"),
+        )
+    }
+
+    #[test]
+    fn stages_carry_what_they_have_and_nothing_else() {
+        let helo = &mut Helo::new(session(), Greeting::Ehlo("c.example".into()));
+        assert_eq!(carried(helo), (false, None, false, false));
+        let to = Recipient::new(Address::parse("b@example.net").unwrap(), Default::default());
+        let rcpt = &mut RcptTo::new(session(), Envelope::default(), to);
+        assert_eq!(carried(rcpt), (true, None, false, false));
+        let ctx = &mut Context::new(session(), Envelope::default(), "Subject: x\r\n\r\n".into());
+        assert_eq!(carried(ctx), (false, Some(14), true, true));
+        assert_eq!(&ctx.message()[..], b"X-Test: 1\r\nSubject: x\r\n\r\n");
+    }
+
+    #[test]
+    fn client_ip_turns_mapped_ipv4_back() {
+        let ip = Connect::new(session()).client_ip();
+        assert_eq!(ip, "192.0.2.7".parse::<std::net::IpAddr>().unwrap());
     }
 }

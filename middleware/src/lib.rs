@@ -15,7 +15,7 @@
 //! # Stages
 //!
 //! The layers are generic over the request: any type implementing
-//! [`smtpsrv::Stage`] and [`StageData`] — the hook requests
+//! [`smtpsrv::Stage`] — the hook requests
 //! ([`Connect`](smtpsrv::Connect), [`Helo`](smtpsrv::Helo),
 //! [`MailFrom`](smtpsrv::MailFrom), [`RcptTo`](smtpsrv::RcptTo),
 //! [`Authenticate`](smtpsrv::Authenticate)) and the message
@@ -25,6 +25,14 @@
 //! Results are left in the request's extensions ([`SpfOutcome`](spf::SpfOutcome),
 //! [`DkimOutcome`](dkim::DkimOutcome), ...), where later layers, later
 //! stages of the same transaction and the handler find them.
+//! [`StageData`] is another name of `Stage`, kept from when the message
+//! and `prepend_header` lived here.
+//!
+//! To put one layer on every hook at once, give it to
+//! [`Builder::hook_layer`](smtpsrv::Builder::hook_layer); the hooks you
+//! did not install get [`Accept`](smtpsrv::layer::Accept) underneath.
+//! [`trace`], [`rate_limit`] and `metrics` fit every hook, the
+//! authenticator included.
 //!
 //! # How a layer refuses
 //!
@@ -40,6 +48,12 @@
 //! (`Timeout`, `ConcurrencyLimit`, `LoadShed`, `Buffer`), whose errors are
 //! boxed too. A handler can tell a refusal from a failure with
 //! `err.downcast_ref::<Reply>()`.
+//!
+//! The building blocks these layers use are public in the core,
+//! [`smtpsrv::layer`], so a layer of your own needs only `smtpsrv`:
+//! [`ResponseFuture`] (re-exported here) for layers that decide in `call`,
+//! [`BoxResponseFuture`] and [`smtpsrv::layer::take_ready`] for those that
+//! await first. The [`smtpsrv::layer`] docs show a whole refusing layer.
 //!
 //! ```
 //! use std::time::Duration;

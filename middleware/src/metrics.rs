@@ -58,8 +58,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pin_project_lite::pin_project;
 use smtpsrv::observe::{Event, MemoryGauge, Observer};
 use smtpsrv::{
-    BoxError, Connect, Context, Delivery, Helo, IntoDelivery, IntoReply, MailFrom, RcptTo, Reply,
-    Stage, error_reply,
+    Authenticate, BoxError, Connect, Context, Delivery, Helo, Identity, IntoDelivery, IntoReply,
+    MailFrom, RcptTo, Reply, Stage, StageKind, error_reply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -229,8 +229,10 @@ impl Observer for MetricsObserver {
 
 /// Counts the outcome of a stage's service and times it: on the message
 /// service, `smtp_messages_total` by result and enhanced code; on a hook
-/// (`on_connect`, `on_helo`, `on_mail`, `on_rcpt`),
-/// `smtp_hook_replies_total`; both `smtp_stage_duration_seconds`.
+/// (`on_connect`, `on_helo`, `on_mail`, `on_rcpt`, the authenticator),
+/// `smtp_hook_replies_total`; both `smtp_stage_duration_seconds`. Fits
+/// [`Builder::hook_layer`](smtpsrv::Builder::hook_layer): one layer for
+/// every hook.
 ///
 /// Errors of the inner service become the reply the server would send
 /// ([`error_reply`]), so they are counted as what the client saw.
@@ -414,3 +416,64 @@ measured!(Helo, Reply, IntoReply);
 measured!(MailFrom, Reply, IntoReply);
 measured!(RcptTo, Reply, IntoReply);
 measured!(Context, Delivery, IntoDelivery);
+
+/// On the authenticator the answer stays what it is (an identity or not,
+/// an error stays an error: `535` and `454` differ), counted as the reply
+/// the client sees.
+impl<S> Service<Authenticate> for MetricsService<S>
+where
+    S: Service<Authenticate, Response = Option<Identity>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Option<Identity>;
+    type Error = BoxError;
+    type Future = AuthResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Authenticate) -> Self::Future {
+        AuthResponseFuture {
+            started: self.enabled.then(Instant::now),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`MetricsService`] on the authenticator: the inner
+    /// future, timed and counted, its answer unchanged.
+    pub struct AuthResponseFuture<F> {
+        #[pin]
+        inner: F,
+        // `None` when the layer is off.
+        started: Option<Instant>,
+    }
+}
+
+impl<F, E> Future for AuthResponseFuture<F>
+where
+    F: Future<Output = Result<Option<Identity>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Option<Identity>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx)).map_err(Into::into);
+        if let Some(started) = this.started {
+            let stage = StageKind::Auth.as_str();
+            histogram!("smtp_stage_duration_seconds", "stage" => stage)
+                .record(started.elapsed().as_secs_f64());
+            let code = match &result {
+                Ok(Some(_)) => 235,
+                Ok(None) => 535,
+                Err(e) => e.downcast_ref::<Reply>().map_or(454, Reply::code),
+            };
+            counter!("smtp_hook_replies_total", "stage" => stage, "result" => result_label(code))
+                .increment(1);
+        }
+        Poll::Ready(result)
+    }
+}

@@ -1,66 +1,20 @@
-//! [`StageData`]: what layers read and change beyond [`Stage`]: the
-//! recipient of a `RCPT` and the message of a `DATA`.
-//!
-//! Rust has no specialisation, so a layer generic over the stage cannot ask
-//! "is this a [`Context`]?". Each request type says what it carries instead;
-//! the defaults say "nothing", so a request type of your own needs only
-//! `impl StageData for MyRequest {}`.
+//! [`StageData`]: kept as another name of [`smtpsrv::Stage`], which now
+//! carries the recipient, the message and `prepend_header` itself (so a
+//! layer generic over every stage needs only `smtpsrv`).
 
-use bytes::Bytes;
-use smtpsrv::{
-    Authenticate, Connect, Context, Helo, MailFrom, MessageId, RcptTo, Recipient, Stage,
-};
+use smtpsrv::Stage;
 
-/// Stage-specific data for layers generic over the stage.
-pub trait StageData: Stage {
-    /// The recipient being decided on (`RCPT TO` only).
-    fn recipient(&self) -> Option<&Recipient> {
-        None
-    }
-
-    /// The complete message (`DATA`/`BDAT` only).
-    fn message(&self) -> Option<&Bytes> {
-        None
-    }
-
-    /// The message's id (`DATA`/`BDAT` only).
-    fn message_id(&self) -> Option<&MessageId> {
-        None
-    }
-
-    /// Puts a header field (one complete field, ending in CRLF) on top of
-    /// the message; returns false where there is no message to change.
-    fn prepend_header(&mut self, _field: &str) -> bool {
-        false
-    }
-}
-
-impl StageData for Connect {}
-impl StageData for Helo {}
-impl StageData for Authenticate {}
-impl StageData for MailFrom {}
-
-impl StageData for RcptTo {
-    fn recipient(&self) -> Option<&Recipient> {
-        Some(RcptTo::recipient(self))
-    }
-}
-
-impl StageData for Context {
-    fn message(&self) -> Option<&Bytes> {
-        Some(Context::message(self))
-    }
-
-    fn message_id(&self) -> Option<&MessageId> {
-        Some(self.id())
-    }
-
-    fn prepend_header(&mut self, field: &str) -> bool {
-        // Spilled and streaming bodies keep the field apart (no load).
-        Context::prepend(self, field.as_bytes());
-        true
-    }
-}
+/// Another name of [`smtpsrv::Stage`], kept so that code written against
+/// earlier versions of this crate (`R: StageData` bounds, `use
+/// smtpsrv_middleware::StageData` for `message()`/`prepend_header()`)
+/// still builds.
+///
+/// What `StageData` had (`recipient`, `message`, `message_id`,
+/// `prepend_header`) are provided methods of `Stage` now, with the same
+/// meaning; `Stage` adds `body`/`body_mut` for spilled and streaming
+/// bodies. The one change: a request type of your own no longer writes
+/// `impl StageData for MyRequest {}`; its `impl Stage` is all it needs.
+pub use smtpsrv::Stage as StageData;
 
 /// The address a stage's reverse-path is checked as: `None` before `MAIL`,
 /// `Some(None)` for the null sender.
@@ -71,13 +25,14 @@ pub(crate) fn sender<R: Stage>(req: &R) -> Option<Option<&smtpsrv::Address>> {
 /// The client's IP address, with IPv4-mapped IPv6 addresses (what a
 /// dual-stack socket reports for IPv4 clients) turned back into IPv4.
 pub(crate) fn client_ip<R: Stage>(req: &R) -> std::net::IpAddr {
-    req.session().peer_addr().ip().to_canonical()
+    req.client_ip()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::{context, session};
+    use smtpsrv::{Connect, Helo};
 
     #[test]
     fn prepend_header_only_changes_messages() {
