@@ -493,13 +493,13 @@ async fn main() -> Result<(), BoxError> {
     if let Some(n) = args.msglimit {
         builder = builder.max_message_bytes(n);
     }
+    // The handler's deadline leaves the webhook all its attempts.
+    let handler = Duration::from_secs(args.timeout.saturating_add(args.retry_for) + 5);
+    builder = builder.handler_timeout(handler);
     if let Some(secs) = args.timeout_read {
-        // The data timeout also bounds the handler: it must leave the
-        // webhook its attempts.
-        let handler = Duration::from_secs(args.timeout.saturating_add(args.retry_for) + 5);
         builder = builder
             .command_timeout(Duration::from_secs(secs))
-            .data_timeout(Duration::from_secs(secs).max(handler));
+            .data_timeout(Duration::from_secs(secs));
     }
     if let Some(secs) = args.timeout_write {
         builder = builder.write_timeout(Duration::from_secs(secs));
