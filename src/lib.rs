@@ -80,7 +80,7 @@ pub use extensions::{Extensions, SharedExtensions};
 pub use info::{Greeting, Identity, SessionId, SessionInfo};
 pub use proto::{Address, LineEndings, Reply, split_address};
 pub use reply_conv::{BoxError, Delivery, IntoDelivery, IntoReply, PerRecipient, error_reply};
-pub use server::{Builder, Serve, Server, WithGracefulShutdown, bind_listener};
+pub use server::{Builder, CloneService, Serve, Server, WithGracefulShutdown, bind_listener};
 pub use stage::{Authenticate, Connect, Helo, MailFrom, RcptTo, Stage, StageKind};
 
 /// tower, re-exported so handlers need no separate dependency to name it.

@@ -213,7 +213,7 @@ impl Builder {
     /// ```
     pub fn authenticator<S>(mut self, service: S) -> Self
     where
-        S: Service<Authenticate, Response = Option<Identity>> + Clone + Send + 'static,
+        S: Service<Authenticate, Response = Option<Identity>> + CloneService + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
@@ -338,7 +338,8 @@ impl Builder {
     }
 
     /// A hook at connect, before the greeting: a 4xx/5xx answer refuses
-    /// (421 closes; 554 and others are sent, then only QUIT is served).
+    /// (421, e.g. [`Reply::service_unavailable`], closes; 554 and others are
+    /// sent, then only QUIT is served).
     ///
     /// ```
     /// use smtpsrv::{BoxError, Connect, Reply, Stage};
@@ -346,7 +347,7 @@ impl Builder {
     /// let builder = smtpsrv::Server::builder().on_connect(tower::service_fn(
     ///     move |req: Connect| async move {
     ///         if req.session().peer_addr().ip() == blocked {
-    ///             return Ok::<_, BoxError>(Reply::new(554, (5, 7, 1), "Blocked"));
+    ///             return Ok::<_, BoxError>(Reply::service_unavailable().with_text("Blocked"));
     ///         }
     ///         Ok(Reply::ok())
     ///     },
@@ -355,7 +356,7 @@ impl Builder {
     /// ```
     pub fn on_connect<S>(mut self, service: S) -> Self
     where
-        S: Service<Connect> + Clone + Send + 'static,
+        S: Service<Connect> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -372,7 +373,7 @@ impl Builder {
     /// let builder = smtpsrv::Server::builder().on_helo(tower::service_fn(
     ///     |req: Helo| async move {
     ///         if req.name().eq_ignore_ascii_case("localhost") {
-    ///             return Ok::<_, BoxError>(Reply::new(550, (5, 7, 1), "Say who you are"));
+    ///             return Ok::<_, BoxError>(Reply::rejected().with_text("Say who you are"));
     ///         }
     ///         Ok(Reply::ok())
     ///     },
@@ -381,7 +382,7 @@ impl Builder {
     /// ```
     pub fn on_helo<S>(mut self, service: S) -> Self
     where
-        S: Service<Helo> + Clone + Send + 'static,
+        S: Service<Helo> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -397,8 +398,8 @@ impl Builder {
     /// use smtpsrv::{BoxError, MailFrom, Reply};
     /// let builder = smtpsrv::Server::builder().on_mail(tower::service_fn(
     ///     |req: MailFrom| async move {
-    ///         if req.reverse_path().is_some_and(|a| a.domain() == Some("spam.example")) {
-    ///             return Ok::<_, BoxError>(Reply::new(550, (5, 7, 1), "Sender refused"));
+    ///         if req.reverse_path().is_some_and(|a| a.domain_is("spam.example")) {
+    ///             return Ok::<_, BoxError>(Reply::rejected().with_text("Sender refused"));
     ///         }
     ///         Ok(Reply::ok())
     ///     },
@@ -407,7 +408,7 @@ impl Builder {
     /// ```
     pub fn on_mail<S>(mut self, service: S) -> Self
     where
-        S: Service<MailFrom> + Clone + Send + 'static,
+        S: Service<MailFrom> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -423,9 +424,13 @@ impl Builder {
     /// use smtpsrv::{BoxError, RcptTo, Reply};
     /// let builder = smtpsrv::Server::builder().on_rcpt(tower::service_fn(
     ///     |req: RcptTo| async move {
-    ///         match req.address().local_part() {
-    ///             "ann" | "bob" => Ok::<_, BoxError>(Reply::ok()),
-    ///             _ => Ok(Reply::new(550, (5, 1, 1), "No such user here")),
+    ///         let rcpt = req.address();
+    ///         if !rcpt.domain_is("example.com") {
+    ///             return Ok::<_, BoxError>(Reply::relay_denied()); // 550 5.7.1
+    ///         }
+    ///         match rcpt.local_part() {
+    ///             "ann" | "bob" => Ok(Reply::ok()),
+    ///             _ => Ok(Reply::no_such_user()),                  // 550 5.1.1
     ///         }
     ///     },
     /// ));
@@ -433,7 +438,7 @@ impl Builder {
     /// ```
     pub fn on_rcpt<S>(mut self, service: S) -> Self
     where
-        S: Service<RcptTo> + Clone + Send + 'static,
+        S: Service<RcptTo> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -466,6 +471,26 @@ impl Builder {
         }
     }
 }
+
+/// What the server needs of every service you give it besides
+/// `tower::Service`: `Clone`, because each connection gets its own clone
+/// (see [`Server::serve`]). Implemented for every `Clone` type; it exists
+/// so that a service that is not `Clone` is refused with a message that
+/// names the fix.
+///
+/// Most tower layers keep their service `Clone`. Those that do not, such
+/// as tower's `rate_limit`, go below a `.buffer(n)`: `Buffer` is `Clone`,
+/// and every connection's clone then shares the one service behind it
+/// (one rate limit for the whole server, not one per connection).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `Clone`, but the server clones each service per connection: put `.buffer(n)` above a tower layer whose service is not `Clone` (such as `rate_limit`), or implement `Clone` for your service",
+    label = "not `Clone`: add `.buffer(n)` above `rate_limit` and the like",
+    note = "`ServiceBuilder::new().buffer(100).rate_limit(..)`: the buffered service is `Clone`, and all connections share the one service behind it",
+    note = "a service of your own: derive or implement `Clone` (keep shared state in an `Arc`)"
+)]
+pub trait CloneService: Clone {}
+
+impl<T: Clone> CloneService for T {}
 
 /// Pending connections the kernel queues for us: a burst of clients (a
 /// spam wave, a load test) should not wait for SYN retries (tokio's
@@ -659,7 +684,7 @@ impl Server {
     /// ```
     pub fn serve<S>(self, service: S) -> Serve<S>
     where
-        S: Service<Context> + Clone + Send + 'static,
+        S: Service<Context> + CloneService + Send + 'static,
         S::Response: IntoDelivery,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,

@@ -151,7 +151,7 @@ pub struct RequireAuth<S> {
 
 /// `530 5.7.0`: the client has not authenticated.
 pub fn auth_required() -> Reply {
-    Reply::new(530, (5, 7, 0), "Authentication required")
+    Reply::auth_required()
 }
 
 /// `553 5.7.1`: the identity may not use this sender.
