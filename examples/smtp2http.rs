@@ -402,7 +402,9 @@ impl Webhook {
     async fn deliver(self, ctx: Context) -> Result<Reply, BoxError> {
         let Ok(email) = ctx.parse() else {
             // Retrying would not help: the message has no header at all.
-            return Err(Reply::new(554, (5, 6, 0), "Not an email message: no header").into());
+            return Err(Reply::malformed_message()
+                .with_text("Not an email message: no header")
+                .into());
         };
         let json = Bytes::from(serde_json::to_vec(&Payload::new(&ctx, &email, self.raw))?);
         let answer = Retry::new(RetryTransient::new(self.retry_for), self.post())
@@ -412,7 +414,7 @@ impl Webhook {
         match answer {
             Ok(status) if status.is_success() => {
                 tracing::info!(%id, %status, "posted");
-                Ok(Reply::new(250, (2, 0, 0), format!("OK queued as {id}")))
+                Ok(Reply::queued(id))
             }
             Ok(status @ (StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)) => {
                 tracing::warn!(%id, %status, "webhook busy");
@@ -434,7 +436,9 @@ impl Webhook {
             }
             Ok(status) => {
                 tracing::warn!(%id, %status, "webhook failed");
-                Err(Reply::new(451, (4, 3, 0), "Webhook unavailable, try again later").into())
+                Err(Reply::try_again_later()
+                    .with_text("Webhook unavailable, try again later")
+                    .into())
             }
             Err(e) if e.is_timeout() => {
                 tracing::warn!(%id, "webhook timed out");
@@ -451,12 +455,12 @@ impl Webhook {
 /// The `--domain` check at RCPT TO: other domains are refused, as a relay
 /// that is not ours to be.
 fn own_domain(domains: &[String], rcpt: &RcptTo) -> Ready<Result<Reply, BoxError>> {
-    let domain = rcpt.address().domain().unwrap_or("");
-    let ours = domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
-    ready(Ok(if ours {
+    let address = rcpt.address();
+    ready(Ok(if domains.iter().any(|d| address.domain_is(d)) {
         Reply::ok()
     } else {
-        Reply::new(550, (5, 7, 1), format!("Relaying to {domain} denied"))
+        let domain = address.domain().unwrap_or("");
+        Reply::relay_denied().with_text(format!("Relaying to {domain} denied"))
     }))
 }
 
@@ -493,13 +497,13 @@ async fn main() -> Result<(), BoxError> {
     if let Some(n) = args.msglimit {
         builder = builder.max_message_bytes(n);
     }
+    // The handler's deadline leaves the webhook all its attempts.
+    let handler = Duration::from_secs(args.timeout.saturating_add(args.retry_for) + 5);
+    builder = builder.handler_timeout(handler);
     if let Some(secs) = args.timeout_read {
-        // The data timeout also bounds the handler: it must leave the
-        // webhook its attempts.
-        let handler = Duration::from_secs(args.timeout.saturating_add(args.retry_for) + 5);
         builder = builder
             .command_timeout(Duration::from_secs(secs))
-            .data_timeout(Duration::from_secs(secs).max(handler));
+            .data_timeout(Duration::from_secs(secs));
     }
     if let Some(secs) = args.timeout_write {
         builder = builder.write_timeout(Duration::from_secs(secs));

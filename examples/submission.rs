@@ -176,6 +176,5 @@ async fn store(
             .deliver_with(maildir.line_ends_for(&ctx), header, ctx.message().clone())
             .await?;
     }
-    let text = format!("OK queued as {}", ctx.id());
-    Ok(Reply::new(250, (2, 0, 0), text))
+    Ok(Reply::queued(ctx.id()))
 }

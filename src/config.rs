@@ -16,6 +16,9 @@ pub(crate) struct Config {
     pub max_auth_line_len: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Longest time one call into the user's services (message handler,
+    /// hook, authenticator) may take, readiness included.
+    pub handler_timeout: Duration,
     /// Longest time a write of replies may take; the command timeout when unset.
     pub write_timeout: Option<Duration>,
     pub handshake_timeout: Duration,
@@ -84,6 +87,10 @@ impl Default for Config {
             max_auth_line_len: 12288,
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+            // Half the 10 minutes RFC 5321 4.5.3.2.6 has the client wait for
+            // the reply to the end of data: we answer (451) well before a
+            // client gives up on a message we may have stored (a duplicate).
+            handler_timeout: Duration::from_secs(5 * 60),
             write_timeout: None,
             handshake_timeout: Duration::from_secs(10),
             max_errors: 20,

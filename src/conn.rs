@@ -5,7 +5,10 @@
 //! process (RFC 2920 pipelining), so a pipelined `MAIL`/`RCPT`/`DATA` batch
 //! costs one write. The command deadline is fixed per command (a byte every
 //! few seconds does not keep a slow client alive); in DATA it is re-armed on
-//! every read, since a large message may legitimately take long.
+//! every read, since a large message may legitimately take long. Those two
+//! bound only the client; every call into the user's services (hooks, the
+//! message handler) has the handler deadline instead, so neither limit
+//! doubles as the other.
 //!
 //! DESIGN.md sketches a `Framed<IO, SmtpCodec>`; the driver instead calls the
 //! same [`SmtpCodec`] on a buffer it owns, because `Framed` hides three things
@@ -241,7 +244,7 @@ where
             Some(hook) => {
                 let mut req = Connect::new(self.session.info().clone());
                 req.extensions = self.session.session_extensions().clone();
-                let answer = Box::pin(ask(hook, req, self.config.command_timeout)).await;
+                let answer = Box::pin(ask(hook, req, self.config.handler_timeout)).await;
                 (answer.code() >= 400).then_some(answer)
             }
             None => None,
@@ -383,7 +386,7 @@ where
                 return;
             }
             let chunk = self.codec.take_chunk();
-            stream.feed(chunk, self.config.data_timeout).await;
+            stream.feed(chunk, self.config.handler_timeout).await;
             return;
         }
         if self.config.streaming || self.over_budget || self.codec.body_failure().is_some() {
@@ -458,7 +461,7 @@ where
             &mut self.service,
             ctx,
             sender,
-            self.config.data_timeout,
+            self.config.handler_timeout,
             span,
         )
         .await;
@@ -533,7 +536,7 @@ where
     }
 
     async fn check(&mut self, check: Check) -> Action {
-        let limit = self.config.command_timeout;
+        let limit = self.config.handler_timeout;
         let hooks = &mut self.hooks;
         let answer = match check {
             Check::Helo(req) => match &mut hooks.helo {
@@ -569,7 +572,7 @@ where
         let started = Instant::now();
         let result = if let Some(stream) = self.stream.take() {
             let last = self.codec.take_body();
-            stream.finish(last, self.config.data_timeout).await
+            stream.finish(last, self.config.handler_timeout).await
         } else {
             match self.take_body().await {
                 Ok(body) => {
@@ -578,11 +581,7 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot spill message to disk");
-                    Ok(Delivery::All(Reply::new(
-                        452,
-                        (4, 3, 1),
-                        "Insufficient system storage, try again later",
-                    )))
+                    Ok(Delivery::All(Reply::insufficient_storage()))
                 }
             }
         };
@@ -618,7 +617,7 @@ where
             size = ctx.size(),
             spilled = ctx.body().is_spilled(),
         );
-        call_guarded(&mut self.service, ctx, self.config.data_timeout)
+        call_guarded(&mut self.service, ctx, self.config.handler_timeout)
             .instrument(span)
             .await
             .map(IntoDelivery::into_delivery)

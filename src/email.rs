@@ -34,12 +34,43 @@ self_cell::self_cell!(
 
 /// Why a message could not be parsed at all.
 ///
-/// mail-parser is lenient: it recovers what it can from malformed input, so
-/// this only happens when not even one header could be found.
+/// Parsing is lenient: mail-parser (0.11) recovers what it can from
+/// malformed MIME, encodings and header values. It reads the message line
+/// by line and fails in exactly one case: it reaches the end of the input
+/// without finding either a header field or a blank line.
+///
+/// - A line is a header field when it has a `:` after at least one
+///   character other than a space or tab. Other lines are skipped.
+/// - An unterminated last line (no line ending) is taken as a field name,
+///   colon or not.
+/// - A blank line (empty, or only spaces and tabs) ends the header section,
+///   even an empty one: everything after it is the body.
+///
+/// | message | result |
+/// |---|---|
+/// | empty (`DATA` followed at once by `.`) | `NoHeaders` |
+/// | `hello world\r\n`, `hello\r\nworld\r\n` | `NoHeaders` |
+/// | `: value\r\n` (no field name) | `NoHeaders` |
+/// | `no header here` (no line ending: possible with `BDAT`, not `DATA`) | parsed, one odd field |
+/// | `\r\n`, `hello world\r\n\r\nbody\r\n` | parsed: no headers, a body |
+/// | `junk\r\nSubject: hi\r\n\r\nbody\r\n` | parsed, the junk line skipped |
+///
+/// The server answers it by itself with `554 5.6.0`, a permanent failure
+/// ([`error_reply`](crate::error_reply)): `ctx.parse()?` in a handler
+/// refuses such a message for good, because the same bytes would fail on
+/// every retry. Any other handler error is a temporary `451 4.3.0`.
+///
+/// ```
+/// use smtpsrv::email::{Email, ParseError};
+/// assert_eq!(Email::parse("hello world\r\n").unwrap_err(), ParseError::NoHeaders);
+/// assert!(Email::parse("no header here").is_ok());
+/// let reply = smtpsrv::error_reply(Box::new(ParseError::NoHeaders));
+/// assert_eq!(reply.to_string(), "554 5.6.0 Malformed message: not an email message: no header found\r\n");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
-    /// The input holds no message header (for example, it is empty).
+    /// Neither a header field nor a blank line (see the type's docs).
     #[error("not an email message: no header found")]
     NoHeaders,
 }
@@ -109,7 +140,8 @@ impl Email {
     /// Accepts anything that converts into [`Bytes`] (`Bytes`, `Vec<u8>`,
     /// `String`, `&'static [u8]`, `&'static str`); `Bytes` is not copied.
     /// Malformed input is parsed as far as possible; the only error is input
-    /// with no header at all. Never panics.
+    /// with neither a header field nor a blank line (the exact rule is on
+    /// [`ParseError`]). Never panics.
     ///
     /// ```
     /// use smtpsrv::email::Email;
@@ -1031,6 +1063,42 @@ Content-Type: application/pdf; name=menu.pdf
             Email::parse(Bytes::new()).unwrap_err(),
             ParseError::NoHeaders
         );
+    }
+
+    /// The exact rule documented on [`ParseError`], pinned against
+    /// mail-parser 0.11: no header field and no blank line is an error.
+    #[test]
+    fn parsing_fails_exactly_without_a_field_or_a_blank_line() {
+        let fails: &[&str] = &[
+            "",
+            "hello world\r\n",
+            "hello\r\nworld\r\n",
+            ": value\r\n",
+            "  leading blanks\r\n",
+        ];
+        for raw in fails {
+            assert_eq!(
+                Email::parse(*raw).unwrap_err(),
+                ParseError::NoHeaders,
+                "{raw:?}"
+            );
+        }
+        let parses: &[(&str, Option<&str>)] = &[
+            ("Subject: hi\r\n", Some("hi")),
+            ("junk line\r\nSubject: hi\r\n\r\nbody\r\n", Some("hi")),
+            // An unterminated last line is taken as a field name.
+            ("no header here", None),
+            // A blank line ends an (empty) header section: the rest is body.
+            ("\r\n", None),
+            ("\r\nSubject: x\r\n", None),
+            ("hello world\r\n\r\nbody\r\n", None),
+        ];
+        for (raw, subject) in parses {
+            let email = Email::parse(*raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            assert_eq!(email.subject(), *subject, "{raw:?}");
+        }
+        let body = Email::parse("hello world\r\n\r\nbody\r\n").unwrap();
+        assert_eq!(body.text_body().as_deref(), Some("body\r\n"));
     }
 
     /// Every accessor, so that garbage input exercises all of them.

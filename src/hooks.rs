@@ -1,6 +1,12 @@
 //! The installed early-decision hooks, boxed so the server has one type
 //! whatever services the user plugs in, and the one place where they (and
 //! the message service) are called: readiness, timeout, panic containment.
+//!
+//! The runtime contract, documented for users on
+//! [`Server::serve`](crate::Server::serve): each connection has its own
+//! clone of every service; each request is `ready().await`ed then `call`ed
+//! once, both within the handler deadline, and the connection's next
+//! command waits for the answer.
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -11,7 +17,7 @@ use tower::{Service, ServiceExt};
 
 use crate::info::Identity;
 use crate::proto::Reply;
-use crate::reply_conv::{BoxError, IntoReply, error_reply};
+use crate::reply_conv::{BoxError, HandlerTimeout, IntoReply, error_reply};
 use crate::session::AuthResult;
 use crate::stage::{Authenticate, Connect, Helo, MailFrom, RcptTo};
 
@@ -78,9 +84,7 @@ pub(crate) async fn authenticate(
         .map(str::to_owned);
     match call_guarded(hook, request, limit).await {
         Ok(Some(identity)) => match proxied {
-            Some(authzid) if identity.as_str() != authzid => Err(Reply::new(
-                535,
-                (5, 7, 8),
+            Some(authzid) if identity.as_str() != authzid => Err(Reply::auth_failed().with_text(
                 "Authentication failed: not authorized to act as that authorization identity",
             )),
             _ => Ok(identity),
@@ -91,7 +95,7 @@ pub(crate) async fn authenticate(
 }
 
 fn invalid_credentials() -> Reply {
-    Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
+    Reply::auth_failed()
 }
 
 fn auth_error_reply(err: BoxError) -> Reply {
@@ -104,8 +108,9 @@ fn auth_error_reply(err: BoxError) -> Reply {
     }
 }
 
-/// Waits for readiness and calls, within `limit`, turning a panic or the
-/// timeout into an error. The future is dropped on timeout.
+/// Waits for readiness and calls, both within `limit` (the handler
+/// deadline), turning a panic or the deadline into an error
+/// ([`HandlerTimeout`]). The future is dropped on timeout.
 pub(crate) async fn call_guarded<S, R>(
     service: &mut S,
     request: R,
@@ -128,13 +133,11 @@ where
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(panic = %what, "service panicked; answering 451");
-            Err(Box::new(Reply::new(
-                451,
-                (4, 3, 0),
-                "Internal error, try again later",
-            )))
+            Err(Box::new(
+                Reply::try_again_later().with_text("Internal error, try again later"),
+            ))
         }
-        Err(_) => Err(Box::new(tower::timeout::error::Elapsed::new())),
+        Err(_) => Err(Box::new(HandlerTimeout)),
     }
 }
 

@@ -20,7 +20,7 @@
 //! | [`proto`] | sans-IO protocol: commands, parameters, addresses, replies, line/DATA/BDAT receivers |
 //! | [`codec`] | the tokio-util codec over `proto` |
 //! | [`session`] | the state machine: command in, reply and next action out |
-//! | [`Server`], [`Builder`] | settings, listeners, caps, graceful shutdown |
+//! | [`Server`], [`Builder`] | settings, listeners, caps, graceful shutdown; how services are called ([`Server::serve`]) |
 //! | [`Context`], [`email`] | what a handler gets, and the parsed message |
 //! | [`stage`] | hook requests and the [`Stage`] trait layers are generic over |
 //! | [`layer`] | building blocks for your own layers: [`ResponseFuture`](layer::ResponseFuture), [`Accept`](layer::Accept), one layer on every hook |
@@ -36,9 +36,12 @@
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
 //!     let handler = tower::service_fn(|ctx: Context| async move {
+//!         // A message with neither a header field nor a blank line fails
+//!         // here and gets a permanent `554 5.6.0` by itself (the sender does
+//!         // not retry what can never parse): `?` is all it takes.
 //!         let email = ctx.parse()?;
 //!         println!("{}: {:?}", ctx.id(), email.subject());
-//!         Ok::<_, BoxError>(()) // 250 2.0.0 OK
+//!         Ok::<_, BoxError>(()) // 250 2.0.0 OK; any other error: 451, retried
 //!     });
 //!     Server::builder()
 //!         .hostname("mx.example.com")
@@ -82,7 +85,7 @@ pub use extensions::{Extensions, SharedExtensions};
 pub use info::{Greeting, Identity, SessionId, SessionInfo};
 pub use proto::{Address, LineEndings, Reply, split_address};
 pub use reply_conv::{BoxError, Delivery, IntoDelivery, IntoReply, PerRecipient, error_reply};
-pub use server::{Builder, Serve, Server, WithGracefulShutdown, bind_listener};
+pub use server::{Builder, CloneService, Serve, Server, WithGracefulShutdown, bind_listener};
 pub use stage::{Authenticate, Connect, Helo, MailFrom, RcptTo, Stage, StageKind};
 
 /// tower, re-exported so handlers need no separate dependency to name it.

@@ -11,6 +11,21 @@ use crate::proto::Reply;
 /// The error type services may return; anything `Into<BoxError>` works.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The server's handler deadline
+/// ([`Builder::handler_timeout`](crate::Builder::handler_timeout)) passed:
+/// a type of its own, so that it gets its own reply and log line, apart
+/// from a user's tower `timeout` layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandlerTimeout;
+
+impl std::fmt::Display for HandlerTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the handler deadline (Builder::handler_timeout) passed")
+    }
+}
+
+impl std::error::Error for HandlerTimeout {}
+
 /// Converts a service's response into a [`Reply`].
 ///
 /// `()` means `250 2.0.0 OK`. Implement it for your own types to return
@@ -26,6 +41,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// }
 /// assert_eq!(Stored { id: 7 }.into_reply().text(), "Queued as 7");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an SMTP reply: a hook or handler must answer with an `IntoReply` type",
+    label = "this answer does not implement `smtpsrv::IntoReply`",
+    note = "answer `()` (250 2.0.0 OK), a `smtpsrv::Reply` (`Reply::ok()`, `Reply::no_such_user()`, `Reply::new(550, (5, 7, 1), text)`), or implement `IntoReply` for your type",
+    note = "text alone is not a reply: `Reply::ok().with_text(text)` keeps 250 2.0.0 and sends your text"
+)]
 pub trait IntoReply {
     /// The reply to send.
     fn into_reply(self) -> Reply;
@@ -73,6 +94,16 @@ pub struct PerRecipient(pub Vec<Reply>);
 
 /// Converts a message handler's response into a [`Delivery`]. Every
 /// [`IntoReply`] type is one; so is [`PerRecipient`].
+///
+/// A handler whose `Ok` type is neither is refused by
+/// [`Server::serve`](crate::Server::serve) with this trait's message, which
+/// names what to return instead.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot answer a message: the handler's `Ok` type must implement `IntoDelivery`",
+    label = "the message service's `Response` must be `()`, a `Reply`, a `PerRecipient` or any `IntoReply` type",
+    note = "answer `()` (250 2.0.0 OK) or a `smtpsrv::Reply` (`Reply::ok()`, `Reply::queued(id)`, `Reply::rejected().with_text(why)`); `PerRecipient` for LMTP",
+    note = "text alone is not a reply: `Reply::ok().with_text(text)` keeps 250 2.0.0 and sends your text"
+)]
 pub trait IntoDelivery {
     /// The outcome to report.
     fn into_delivery(self) -> Delivery;
@@ -99,16 +130,27 @@ impl IntoDelivery for PerRecipient {
 /// Maps any error from a service or layer to the reply the client gets.
 ///
 /// - a [`Reply`] is sent as is;
-/// - `tower::timeout::error::Elapsed` becomes `451 4.4.7`;
-/// - `tower::load_shed::error::Overloaded` becomes `451 4.3.2`;
 /// - a [`ParseError`](crate::email::ParseError) (what `ctx.parse()?` returns
 ///   for a message that is not an email at all) becomes `554 5.6.0`: the
 ///   same bytes would fail again, so the sender must not retry them;
+/// - the server's own handler deadline
+///   ([`Builder::handler_timeout`](crate::Builder::handler_timeout)) becomes
+///   `451 4.3.0 Timed out while processing, try again later`;
+/// - `tower::timeout::error::Elapsed` (a `timeout` layer of yours) becomes
+///   `451 4.4.7`;
+/// - `tower::load_shed::error::Overloaded` becomes `451 4.3.2`;
 /// - anything else becomes `451 4.3.0`, a temporary failure, so that the
 ///   sender keeps the message and retries.
 pub fn error_reply(err: BoxError) -> Reply {
     match err.downcast::<Reply>() {
         Ok(reply) => *reply,
+        Err(err) if err.is::<crate::email::ParseError>() => {
+            Reply::malformed_message().with_text(format!("Malformed message: {err}"))
+        }
+        Err(err) if err.is::<HandlerTimeout>() => {
+            tracing::warn!("handler deadline passed; answering 451");
+            Reply::try_again_later().with_text("Timed out while processing, try again later")
+        }
         Err(err) if err.is::<tower::timeout::error::Elapsed>() => Reply::new(
             451,
             (4, 4, 7),
@@ -117,12 +159,9 @@ pub fn error_reply(err: BoxError) -> Reply {
         Err(err) if err.is::<tower::load_shed::error::Overloaded>() => {
             Reply::new(451, (4, 3, 2), "Too busy, try again later")
         }
-        Err(err) if err.is::<crate::email::ParseError>() => {
-            Reply::new(554, (5, 6, 0), format!("Malformed message: {err}"))
-        }
         Err(err) => {
             tracing::warn!(error = %err, "service error answered with 451");
-            Reply::new(451, (4, 3, 0), "Temporary failure, try again later")
+            Reply::try_again_later()
         }
     }
 }
@@ -151,6 +190,11 @@ mod tests {
         );
         let r = error_reply(Box::new(tower::load_shed::error::Overloaded::new()));
         assert_eq!(r.code(), 451);
+        let r = error_reply(Box::new(HandlerTimeout));
+        assert_eq!(
+            r.to_string(),
+            "451 4.3.0 Timed out while processing, try again later\r\n"
+        );
         let r = error_reply("database down".into());
         assert_eq!(
             (r.code(), r.status().unwrap().to_string()),

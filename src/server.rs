@@ -42,9 +42,22 @@ use crate::tls::TlsConfig;
 ///     .max_message_bytes(10 * 1024 * 1024)
 ///     .max_recipients(50)
 ///     .command_timeout(Duration::from_secs(120))
+///     .handler_timeout(Duration::from_secs(60))
 ///     .build();
 /// # drop(server);
 /// ```
+///
+/// # Timeouts: who each one waits for
+///
+/// | setting | default | bounds | when it passes |
+/// |---|---|---|---|
+/// | [`command_timeout`](Self::command_timeout) | 5 min | the client sending its next command | `421 4.4.2`, closed |
+/// | [`data_timeout`](Self::data_timeout) | 10 min | silence while the client sends the data | `421 4.4.2`, closed |
+/// | [`handler_timeout`](Self::handler_timeout) | 5 min | each call into your services: hooks, authenticator, message handler (`ready()` included) | `451 4.3.0` (AUTH: `454 4.7.0`), the session goes on |
+/// | [`write_timeout`](Self::write_timeout) | the command timeout | writing replies to a slow reader | closed |
+/// | [`handshake_timeout`](Self::handshake_timeout) | 10 s | a TLS handshake | closed |
+///
+/// How services are cloned and called is described on [`Server::serve`].
 #[derive(Clone, Default)]
 #[must_use]
 pub struct Builder {
@@ -85,17 +98,54 @@ impl Builder {
         self
     }
 
-    /// How long a command may take to arrive (default 5 minutes). Also
-    /// bounds each early-decision hook.
+    /// How long a command may take to arrive (default 5 minutes; RFC 5321
+    /// 4.5.3.2.7 says at least 5). It bounds only the client: hooks are
+    /// bounded by [`handler_timeout`](Self::handler_timeout).
     pub fn command_timeout(mut self, t: Duration) -> Self {
         self.config.command_timeout = t;
         self
     }
 
-    /// Longest silence while receiving a message, and the time a message
-    /// handler may take (default 10 minutes).
+    /// Longest silence while receiving a message's data (default 10
+    /// minutes): re-armed on every read, so a large message sent steadily
+    /// may take longer in total. It bounds only the client: the message
+    /// handler has its own [`handler_timeout`](Self::handler_timeout).
     pub fn data_timeout(mut self, t: Duration) -> Self {
         self.config.data_timeout = t;
+        self
+    }
+
+    /// The deadline of each call into your services (default 5 minutes):
+    /// the message handler from `ready()` to its answer, and each hook
+    /// (`on_connect`, `on_helo`, `on_mail`, `on_rcpt`) and the
+    /// authenticator likewise. In streaming mode it also bounds each wait
+    /// for the handler to take the next chunk, and the wait for its answer
+    /// after the end of the data.
+    ///
+    /// When it passes, the call's future is dropped and the client gets
+    /// `451 4.3.0 Timed out while processing, try again later` (an AUTH
+    /// exchange `454 4.7.0`): temporary, because the message or command may
+    /// well succeed on the next attempt, and `4.3.0` (mail system) rather
+    /// than `4.4.7`, which RFC 3463 reserves for a message that has become
+    /// too old. The session goes on.
+    ///
+    /// The default is half of the 10 minutes RFC 5321 4.5.3.2.6 lets a
+    /// client wait for the reply after the end of data, so the server
+    /// answers well before the client gives up on a message that the
+    /// handler may have stored (which would make the client send it again).
+    /// For a tighter limit on part of your stack, use a tower `timeout`
+    /// layer: its `Elapsed` is answered `451 4.4.7`, so the two can be told
+    /// apart in logs, and the earlier one wins.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = smtpsrv::Server::builder()
+    ///     .data_timeout(Duration::from_secs(60))        // a silent client
+    ///     .handler_timeout(Duration::from_secs(30));    // your code
+    /// # drop(builder);
+    /// ```
+    pub fn handler_timeout(mut self, t: Duration) -> Self {
+        self.config.handler_timeout = t;
         self
     }
 
@@ -165,7 +215,7 @@ impl Builder {
     /// ```
     pub fn authenticator<S>(mut self, service: S) -> Self
     where
-        S: Service<Authenticate, Response = Option<Identity>> + Clone + Send + 'static,
+        S: Service<Authenticate, Response = Option<Identity>> + CloneService + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
@@ -181,6 +231,16 @@ impl Builder {
     }
 
     /// Requires AUTH before MAIL (`530 5.7.0`): a submission server.
+    ///
+    /// `require_auth` or `smtpsrv_middleware::require_auth::RequireAuthLayer`?
+    /// This setting is the whole-server rule, checked by the session itself
+    /// before any hook runs: pick it when every message on every listener
+    /// must be authenticated (ports 587 and 465). Pick the layer when the
+    /// rule depends on something: which sender addresses each identity may
+    /// use (`SenderRules`, `553 5.7.1`), only relaying needs AUTH (put it
+    /// on `on_rcpt` behind your own check for local domains), or a stage
+    /// other than `MAIL`. They combine: `require_auth(true)` for the `530`,
+    /// the layer on `on_mail` for the sender rules.
     pub fn require_auth(mut self, yes: bool) -> Self {
         self.config.require_auth = yes;
         self
@@ -280,7 +340,8 @@ impl Builder {
     }
 
     /// A hook at connect, before the greeting: a 4xx/5xx answer refuses
-    /// (421 closes; 554 and others are sent, then only QUIT is served).
+    /// (421, e.g. [`Reply::service_unavailable`], closes; 554 and others are
+    /// sent, then only QUIT is served).
     ///
     /// ```
     /// use smtpsrv::{BoxError, Connect, Reply, Stage};
@@ -288,7 +349,7 @@ impl Builder {
     /// let builder = smtpsrv::Server::builder().on_connect(tower::service_fn(
     ///     move |req: Connect| async move {
     ///         if req.session().peer_addr().ip() == blocked {
-    ///             return Ok::<_, BoxError>(Reply::new(554, (5, 7, 1), "Blocked"));
+    ///             return Ok::<_, BoxError>(Reply::service_unavailable().with_text("Blocked"));
     ///         }
     ///         Ok(Reply::ok())
     ///     },
@@ -297,7 +358,7 @@ impl Builder {
     /// ```
     pub fn on_connect<S>(mut self, service: S) -> Self
     where
-        S: Service<Connect> + Clone + Send + 'static,
+        S: Service<Connect> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -314,7 +375,7 @@ impl Builder {
     /// let builder = smtpsrv::Server::builder().on_helo(tower::service_fn(
     ///     |req: Helo| async move {
     ///         if req.name().eq_ignore_ascii_case("localhost") {
-    ///             return Ok::<_, BoxError>(Reply::new(550, (5, 7, 1), "Say who you are"));
+    ///             return Ok::<_, BoxError>(Reply::rejected().with_text("Say who you are"));
     ///         }
     ///         Ok(Reply::ok())
     ///     },
@@ -323,7 +384,7 @@ impl Builder {
     /// ```
     pub fn on_helo<S>(mut self, service: S) -> Self
     where
-        S: Service<Helo> + Clone + Send + 'static,
+        S: Service<Helo> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -339,8 +400,8 @@ impl Builder {
     /// use smtpsrv::{BoxError, MailFrom, Reply};
     /// let builder = smtpsrv::Server::builder().on_mail(tower::service_fn(
     ///     |req: MailFrom| async move {
-    ///         if req.reverse_path().is_some_and(|a| a.domain() == Some("spam.example")) {
-    ///             return Ok::<_, BoxError>(Reply::new(550, (5, 7, 1), "Sender refused"));
+    ///         if req.reverse_path().is_some_and(|a| a.domain_is("spam.example")) {
+    ///             return Ok::<_, BoxError>(Reply::rejected().with_text("Sender refused"));
     ///         }
     ///         Ok(Reply::ok())
     ///     },
@@ -349,7 +410,7 @@ impl Builder {
     /// ```
     pub fn on_mail<S>(mut self, service: S) -> Self
     where
-        S: Service<MailFrom> + Clone + Send + 'static,
+        S: Service<MailFrom> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -365,9 +426,13 @@ impl Builder {
     /// use smtpsrv::{BoxError, RcptTo, Reply};
     /// let builder = smtpsrv::Server::builder().on_rcpt(tower::service_fn(
     ///     |req: RcptTo| async move {
-    ///         match req.address().local_part() {
-    ///             "ann" | "bob" => Ok::<_, BoxError>(Reply::ok()),
-    ///             _ => Ok(Reply::new(550, (5, 1, 1), "No such user here")),
+    ///         let rcpt = req.address();
+    ///         if !rcpt.domain_is("example.com") {
+    ///             return Ok::<_, BoxError>(Reply::relay_denied()); // 550 5.7.1
+    ///         }
+    ///         match rcpt.local_part() {
+    ///             "ann" | "bob" => Ok(Reply::ok()),
+    ///             _ => Ok(Reply::no_such_user()),                  // 550 5.1.1
     ///         }
     ///     },
     /// ));
@@ -375,7 +440,7 @@ impl Builder {
     /// ```
     pub fn on_rcpt<S>(mut self, service: S) -> Self
     where
-        S: Service<RcptTo> + Clone + Send + 'static,
+        S: Service<RcptTo> + CloneService + Send + 'static,
         S::Response: IntoReply,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -442,6 +507,26 @@ impl Builder {
         }
     }
 }
+
+/// What the server needs of every service you give it besides
+/// `tower::Service`: `Clone`, because each connection gets its own clone
+/// (see [`Server::serve`]). Implemented for every `Clone` type; it exists
+/// so that a service that is not `Clone` is refused with a message that
+/// names the fix.
+///
+/// Most tower layers keep their service `Clone`. Those that do not, such
+/// as tower's `rate_limit`, go below a `.buffer(n)`: `Buffer` is `Clone`,
+/// and every connection's clone then shares the one service behind it
+/// (one rate limit for the whole server, not one per connection).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `Clone`, but the server clones each service per connection: put `.buffer(n)` above a tower layer whose service is not `Clone` (such as `rate_limit`), or implement `Clone` for your service",
+    label = "not `Clone`: add `.buffer(n)` above `rate_limit` and the like",
+    note = "`ServiceBuilder::new().buffer(100).rate_limit(..)`: the buffered service is `Clone`, and all connections share the one service behind it",
+    note = "a service of your own: derive or implement `Clone` (keep shared state in an `Arc`)"
+)]
+pub trait CloneService: Clone {}
+
+impl<T: Clone> CloneService for T {}
 
 /// Pending connections the kernel queues for us: a burst of clients (a
 /// spam wave, a load test) should not wait for SYN retries (tokio's
@@ -578,9 +663,64 @@ impl Server {
 
     /// Serves every listener with `service`; await the result (it runs until
     /// an unrecoverable error), or add [`Serve::with_graceful_shutdown`].
+    ///
+    /// # How your services are called
+    ///
+    /// - **Cloned per connection.** Each accepted connection gets its own
+    ///   clone of `service` and of every hook; state shared between
+    ///   connections lives behind an `Arc` in the service (a pool, a
+    ///   counter), and a layer's own state is per connection unless it
+    ///   shares it (tower's `RateLimit` counts per clone: put it behind
+    ///   `.buffer(n)`, see below).
+    /// - **`ready()` then `call`, once per request.** For every message
+    ///   (after the end of the data; at its start in
+    ///   [`streaming`](Builder::streaming) mode) the connection awaits
+    ///   `poll_ready`, then calls once with the [`Context`]; for every
+    ///   command with a hook (`MAIL`, `RCPT`, ...) likewise with its request.
+    ///   A `Service` that is not ready holds back only its own connection.
+    /// - **One at a time per connection.** The connection waits for the
+    ///   answer before it reads the next command, and sends `250` only once
+    ///   the service answered `Ok` (no mail is lost); other connections go
+    ///   on meanwhile. Concurrency across connections is bounded by
+    ///   [`Builder::max_connections`], or by your `concurrency_limit` layer.
+    /// - **What bounds what.** [`Builder::command_timeout`] and
+    ///   [`Builder::data_timeout`] bound the client only (waiting for a
+    ///   command; silence during the data). [`Builder::handler_timeout`]
+    ///   bounds each call into your code, `ready()` included: past it the
+    ///   future is dropped and the client gets `451 4.3.0`. A tower
+    ///   `timeout` layer inside your stack may set a tighter limit (answered
+    ///   `451 4.4.7`); whichever passes first answers.
+    /// - **Errors and panics are replies.** See [`error_reply`](crate::error_reply):
+    ///   a `Reply` is sent as is, a [`ParseError`](crate::email::ParseError)
+    ///   is a permanent `554 5.6.0`, anything else a temporary `451`; a
+    ///   panic is caught and answered `451 4.3.0`, and the session goes on.
+    ///
+    /// # Layers whose service is not `Clone`
+    ///
+    /// `serve` needs `S: Clone`. A few tower layers build services that are
+    /// not: `rate_limit` (`RateLimit` holds a timer), and any service you
+    /// wrote without `Clone`. The compiler then says "the trait `Clone` is
+    /// not implemented for `RateLimit<..>`". Put `.buffer(n)` above such a
+    /// layer: `Buffer` is `Clone` and sends every clone's requests to the one
+    /// inner service, which is also what makes a rate limit count all
+    /// connections together rather than per connection (`n` is the number
+    /// of requests that may wait for it).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use smtpsrv::{BoxError, Context, Server};
+    /// use tower::ServiceBuilder;
+    /// # async fn run() -> std::io::Result<()> {
+    /// let handler = ServiceBuilder::new()
+    ///     .buffer(100)                                // Clone, shared by every connection
+    ///     .rate_limit(50, Duration::from_secs(1))     // 50 messages a second, server-wide
+    ///     .service_fn(|_ctx: Context| async { Ok::<_, BoxError>(()) });
+    /// Server::builder().build().bind("127.0.0.1:2525").await?.serve(handler).await
+    /// # }
+    /// ```
     pub fn serve<S>(self, service: S) -> Serve<S>
     where
-        S: Service<Context> + Clone + Send + 'static,
+        S: Service<Context> + CloneService + Send + 'static,
         S::Response: IntoDelivery,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,

@@ -85,7 +85,10 @@ pub trait Stage: Send + 'static {
     /// Leaves a result for later layers, stages and the handler.
     fn insert_extension<T: Clone + Send + Sync + 'static>(&mut self, value: T);
 
-    /// A result left by an earlier layer or stage.
+    /// A result left by an earlier layer or stage: a copy, because the
+    /// hook requests of a transaction share their map behind a lock (a
+    /// handler may borrow from `ctx.extensions()` instead; see
+    /// [`extensions`](crate::extensions)).
     fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T>;
 
     /// The client's IP address, with an IPv4-mapped IPv6 address (what a

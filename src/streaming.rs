@@ -217,13 +217,10 @@ fn joined(done: Result<Answer, tokio::task::JoinError>) -> Answer {
 
 fn panicked() -> BoxError {
     tracing::error!("service panicked; answering 451");
-    Box::new(Reply::new(
-        451,
-        (4, 3, 0),
-        "Internal error, try again later",
-    ))
+    Box::new(Reply::try_again_later().with_text("Internal error, try again later"))
 }
 
+/// The handler deadline passed (answered like a buffered call's).
 fn elapsed() -> BoxError {
-    Box::new(tower::timeout::error::Elapsed::new())
+    Box::new(crate::reply_conv::HandlerTimeout)
 }

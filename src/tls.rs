@@ -186,11 +186,63 @@ impl fmt::Debug for TlsConfig {
     }
 }
 
+/// A TLS protocol version, as negotiated.
+///
+/// Typed, so policy compares values (`info.version == TlsVersion::Tls1_3`)
+/// instead of strings; [`Display`](std::fmt::Display) gives the name used
+/// in `Received` headers and logs (`TLSv1.3`, as OpenSSL and Postfix write
+/// it). The server offers TLS 1.2 and 1.3 only.
+///
+/// ```
+/// use smtpsrv::tls::TlsVersion;
+/// assert_eq!(TlsVersion::Tls1_3.to_string(), "TLSv1.3");
+/// assert_eq!(TlsVersion::Other(0x0301).to_string(), "TLS 0x0301");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246).
+    Tls1_2,
+    /// TLS 1.3 (RFC 8446).
+    Tls1_3,
+    /// Another version, by its wire number (e.g. `0x0301` for TLS 1.0);
+    /// `0` when the connection reports none (before its handshake).
+    Other(u16),
+}
+
+impl TlsVersion {
+    /// The name used in headers and logs: `TLSv1.2`, `TLSv1.3`, or
+    /// `TLS 0x0301` for another version.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            TlsVersion::Tls1_2 => "TLSv1.2".into(),
+            TlsVersion::Tls1_3 => "TLSv1.3".into(),
+            TlsVersion::Other(n) => format!("TLS 0x{n:04x}").into(),
+        }
+    }
+}
+
+impl std::fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl From<rustls::ProtocolVersion> for TlsVersion {
+    fn from(v: rustls::ProtocolVersion) -> Self {
+        match v {
+            rustls::ProtocolVersion::TLSv1_2 => TlsVersion::Tls1_2,
+            rustls::ProtocolVersion::TLSv1_3 => TlsVersion::Tls1_3,
+            other => TlsVersion::Other(u16::from(other)),
+        }
+    }
+}
+
 /// What was negotiated on a TLS connection, for logging and policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {
-    /// Protocol version, e.g. `TLSv1_3` or `TLSv1_2`.
-    pub version: String,
+    /// Protocol version (`Display`: `TLSv1.3`, `TLSv1.2`).
+    pub version: TlsVersion,
     /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
     /// The server name the client asked for (SNI), if any.
@@ -205,10 +257,9 @@ impl TlsInfo {
     /// handshake: `TlsInfo::from_connection(stream.get_ref().1)` for a
     /// `tokio_rustls::server::TlsStream`.
     pub fn from_connection(conn: &ServerConnection) -> Self {
-        let version = match conn.protocol_version() {
-            Some(v) => v.as_str().map_or_else(|| format!("{v:?}"), str::to_owned),
-            None => String::new(),
-        };
+        let version = conn
+            .protocol_version()
+            .map_or(TlsVersion::Other(0), TlsVersion::from);
         let cipher = match conn.negotiated_cipher_suite() {
             Some(suite) => {
                 let id = suite.suite();
@@ -596,7 +647,7 @@ mod tests {
 
         let outcome = handshake(&tls, client(&ca), "mx.example.org").await;
         assert_eq!(outcome.served_cert, mx.der);
-        assert_eq!(outcome.server.version, "TLSv1_3");
+        assert_eq!(outcome.server.version, TlsVersion::Tls1_3);
         assert!(
             outcome.server.cipher.starts_with("TLS13_"),
             "{}",
@@ -613,7 +664,7 @@ mod tests {
         let tls12 = client_trusting(&ca, &[&TLS12]).with_no_client_auth();
 
         let outcome = handshake(&memory_config(&mx), tls12, "mx.example.org").await;
-        assert_eq!(outcome.server.version, "TLSv1_2");
+        assert_eq!(outcome.server.version, TlsVersion::Tls1_2);
         assert!(
             outcome.server.cipher.starts_with("TLS_ECDHE_"),
             "{}",

@@ -947,14 +947,14 @@ impl Service<Context> for Faulty {
 async fn faulty_services_always_get_an_answer_and_the_session_goes_on() {
     watch_panics();
     let _guard = beside_others().await;
-    let data_timeout = Duration::from_millis(500);
+    let handler_timeout = Duration::from_millis(500);
     let faulty = Faulty::default();
-    let server =
-        TestServer::start_with(Server::builder().data_timeout(data_timeout), faulty.clone()).await;
+    let builder = Server::builder().handler_timeout(handler_timeout);
+    let server = TestServer::start_with(builder, faulty.clone()).await;
     let mut c = Client::connect_ehlo(server.addr).await;
     let mut good = 0;
 
-    // A handler that never completes: bounded by the data timeout, while
+    // A handler that never completes: bounded by the handler timeout, while
     // other clients are served.
     let hung = {
         let addr = server.addr;
@@ -970,9 +970,9 @@ async fn faulty_services_always_get_an_answer_and_the_session_goes_on() {
     good += 1;
     let (mut h, (code, text), waited) = within("the hung handler", hung).await.unwrap();
     assert_eq!(code, 451, "{text}");
-    assert!(text.starts_with("4.4.7"), "{text}");
+    assert!(text.starts_with("4.3.0 Timed out"), "{text}");
     assert!(
-        waited >= data_timeout - Duration::from_millis(50),
+        waited >= handler_timeout - Duration::from_millis(50),
         "{waited:?}"
     );
     assert_eq!(deliver_on(&mut h, "after hang").await.0, 250);
@@ -1000,7 +1000,7 @@ async fn faulty_services_always_get_an_answer_and_the_session_goes_on() {
     // Faults in readiness.
     for (fault, status) in [
         (ReadyFault::Panic, "4.3.0"),
-        (ReadyFault::NeverReady, "4.4.7"),
+        (ReadyFault::NeverReady, "4.3.0 Timed out"),
         (ReadyFault::Fail, "4.3.0"),
     ] {
         *faulty.ready_fault.lock().unwrap() = Some(fault);

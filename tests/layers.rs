@@ -157,16 +157,16 @@ async fn a_refusing_layer_from_the_public_blocks_refuses_with_its_reply_and_pass
     let server = TestServer::start_with(Server::builder().on_mail(on_mail), handler).await;
 
     let mut c = Client::connect_ehlo(server.addr).await;
-    let refused = c.cmd("MAIL FROM:<eve@SPAM.Example>", 550).await;
+    let refused = c.cmd_expect("MAIL FROM:<eve@SPAM.Example>", 550).await;
     assert_eq!(refused, "5.7.1 Sender domain refused");
     assert_eq!(
-        c.cmd("MAIL FROM:<ann@example.org>", 250).await,
+        c.cmd_expect("MAIL FROM:<ann@example.org>", 250).await,
         "2.1.0 Sender OK"
     );
     for rcpt in ["a@example.net", "b@example.net", "c@example.net"] {
-        c.cmd(&format!("RCPT TO:<{rcpt}>"), 250).await;
+        c.cmd_expect(&format!("RCPT TO:<{rcpt}>"), 250).await;
     }
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("DATA", 354).await;
     send_body(&mut c, "three").await;
     assert_eq!(c.expect(550).await, "5.5.3 Too many recipients");
     assert_eq!(
@@ -180,7 +180,7 @@ async fn a_refusing_layer_from_the_public_blocks_refuses_with_its_reply_and_pass
     send_body(&mut c, "two").await;
     c.expect(250).await;
     assert_eq!(reached.load(Ordering::SeqCst), 1);
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 }
 
@@ -274,7 +274,7 @@ async fn stage_gives_a_layer_the_message_and_prepend_header_on_a_spilled_body() 
     c.begin_data("ann@example.org", &["bob@example.net"]).await;
     c.send(format!("{body}.\r\n").as_bytes()).await;
     c.expect(250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 
     let seen = stamp.0.lock().unwrap().clone();
@@ -409,18 +409,18 @@ async fn one_layer_on_every_hook_observes_every_stage() {
     let server = TestServer::start_with(builder, handler).await;
 
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd(AUTH_ANN, 235).await;
-    c.cmd("MAIL FROM:<x@example.org>", 250).await;
-    c.cmd("RCPT TO:<ann@example.net>", 250).await;
-    let unknown = c.cmd("RCPT TO:<nobody@example.net>", 550).await;
+    c.cmd_expect(AUTH_ANN, 235).await;
+    c.cmd_expect("MAIL FROM:<x@example.org>", 250).await;
+    c.cmd_expect("RCPT TO:<ann@example.net>", 250).await;
+    let unknown = c.cmd_expect("RCPT TO:<nobody@example.net>", 550).await;
     assert_eq!(
         unknown, "5.1.1 No such user here",
         "the wrapped hook still decides"
     );
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("DATA", 354).await;
     send_body(&mut c, "counted").await;
     c.expect(250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 
     assert_eq!(
@@ -451,7 +451,7 @@ async fn hook_layers_stack_with_the_first_outermost_and_keep_the_default_replies
         }
         c.send_line("RCPT TO:<b@example.net>").await;
         replies.push(c.read_reply().await);
-        c.cmd("QUIT", 221).await;
+        c.cmd_expect("QUIT", 221).await;
         replies
     };
 
@@ -499,17 +499,17 @@ async fn a_middleware_rate_limit_on_every_hook_counts_every_stage_in_one_bucket(
     let server = TestServer::start(builder).await;
 
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd(AUTH_ANN, 235).await;
-    c.cmd("MAIL FROM:<a@example.org>", 250).await;
-    c.cmd("RCPT TO:<b@example.net>", 250).await;
-    c.cmd("RSET", 250).await;
-    c.cmd("MAIL FROM:<a@example.org>", 250).await;
-    let limited = c.cmd("RCPT TO:<b@example.net>", 450).await;
+    c.cmd_expect(AUTH_ANN, 235).await;
+    c.cmd_expect("MAIL FROM:<a@example.org>", 250).await;
+    c.cmd_expect("RCPT TO:<b@example.net>", 250).await;
+    c.cmd_expect("RSET", 250).await;
+    c.cmd_expect("MAIL FROM:<a@example.org>", 250).await;
+    let limited = c.cmd_expect("RCPT TO:<b@example.net>", 450).await;
     assert!(
         limited.starts_with("4.7.0 Rate limit exceeded"),
         "{limited}"
     );
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 }
 
@@ -528,9 +528,9 @@ async fn metrics_on_every_hook_count_the_authenticator_too() {
     let server = TestServer::start(builder).await;
 
     let mut c = Client::connect_ehlo(server.addr).await;
-    c.cmd("AUTH PLAIN AGFubgB3cm9uZw==", 535).await; // ann / wrong
-    c.cmd(AUTH_ANN, 235).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("AUTH PLAIN AGFubgB3cm9uZw==", 535).await; // ann / wrong
+    c.cmd_expect(AUTH_ANN, 235).await;
+    c.cmd_expect("QUIT", 221).await;
     server.shutdown().await;
 
     let text = metrics.render();
@@ -558,16 +558,16 @@ async fn accept_answers_every_hook_and_the_message_with_the_default_replies() {
     let server = TestServer::start_with(builder, Accept).await;
 
     let mut c = Client::connect(server.addr).await;
-    c.cmd("EHLO client.example", 250).await;
-    assert_eq!(c.cmd("MAIL FROM:<>", 250).await, "2.1.0 Sender OK");
+    c.cmd_expect("EHLO client.example", 250).await;
+    assert_eq!(c.cmd_expect("MAIL FROM:<>", 250).await, "2.1.0 Sender OK");
     assert_eq!(
-        c.cmd("RCPT TO:<b@example.net>", 250).await,
+        c.cmd_expect("RCPT TO:<b@example.net>", 250).await,
         "2.1.5 Recipient OK"
     );
-    c.cmd("DATA", 354).await;
+    c.cmd_expect("DATA", 354).await;
     send_body(&mut c, "accepted").await;
     c.expect(250).await;
-    c.cmd("QUIT", 221).await;
+    c.cmd_expect("QUIT", 221).await;
     let recorder = server.recorder.clone();
     server.shutdown().await;
     let ctx = recorder.single();

@@ -419,16 +419,16 @@ async fn a_slow_service_under_a_timeout_layer_is_451_4_4_7() {
 }
 
 #[tokio::test]
-async fn the_data_timeout_bounds_a_slow_service_too() {
+async fn the_handler_timeout_bounds_a_slow_service_too() {
     let service = service_fn(|_ctx: Context| async {
         tokio::time::sleep(Duration::from_secs(3)).await;
         Ok::<_, BoxError>(())
     });
-    let builder = Server::builder().data_timeout(Duration::from_millis(200));
+    let builder = Server::builder().handler_timeout(Duration::from_millis(200));
     let server = TestServer::start_with(builder, service).await;
     let (code, text) = send_one(&server).await;
     assert_eq!(code, 451);
-    assert!(text.starts_with("4.4.7"), "{text}");
+    assert!(text.starts_with("4.3.0 Timed out"), "{text}");
     server.shutdown().await;
 }
 

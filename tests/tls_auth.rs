@@ -69,7 +69,8 @@ async fn starttls_delivery_with_lettre() {
 
     let ctx = inbox.next().await;
     let tls = ctx.tls().expect("message should have come over TLS");
-    assert_eq!(tls.version, "TLSv1_3");
+    assert_eq!(tls.version, smtpsrv::tls::TlsVersion::Tls1_3);
+    assert_eq!(tls.version.to_string(), "TLSv1.3");
     assert!(tls.cipher.starts_with("TLS13_"), "{}", tls.cipher);
     assert_eq!(tls.sni.as_deref(), Some("localhost"));
     assert!(tls.peer_certificates.is_empty());
@@ -89,7 +90,7 @@ async fn context_tls_facts_match_what_the_client_negotiated() {
 
     let mut client = tls_session(&server, &pki).await;
     let conn = client.stream().get_ref().1;
-    let version = format!("{:?}", conn.protocol_version().unwrap());
+    let version = smtpsrv::tls::TlsVersion::from(conn.protocol_version().unwrap());
     let cipher = format!("{:?}", conn.negotiated_cipher_suite().unwrap().suite());
     assert_eq!(conn.peer_certificates().unwrap()[0], pki.server.der);
 

@@ -274,15 +274,13 @@ impl JetStreamHandoff {
         match acked {
             Ok(Ok(ack)) => {
                 tracing::info!(id = %id, stream = %ack.stream, seq = ack.sequence, duplicate = ack.duplicate, size = ctx.size(), "handed off");
-                Ok(Reply::new(250, (2, 0, 0), format!("OK queued as {id}")))
+                Ok(Reply::queued(id))
             }
             Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 tracing::warn!(id = %id, size = ctx.size(), error = %e, "too large for the queue");
-                Err(Box::new(Reply::new(
-                    552,
-                    (5, 3, 4),
-                    "Message too big for the queue",
-                )))
+                Err(Box::new(
+                    Reply::message_too_large().with_text("Message too big for the queue"),
+                ))
             }
             Ok(Err(e)) => {
                 tracing::error!(id = %id, error = %e, "hand-off failed");
@@ -298,7 +296,7 @@ impl JetStreamHandoff {
 
 /// `451 4.3.0`: the queue did not take the message; the client retries.
 fn unavailable() -> Reply {
-    Reply::new(451, (4, 3, 0), "Queue unavailable, try again later")
+    Reply::try_again_later().with_text("Queue unavailable, try again later")
 }
 
 /// Control characters (which would end a NATS header line) become `?`.

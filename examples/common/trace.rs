@@ -46,7 +46,7 @@ pub fn trace_header(ctx: &Context, hostname: &str) -> Vec<u8> {
         let _ = write!(
             out,
             "\t(using {} with cipher {})\r\n",
-            tls.version.replace('_', "."),
+            tls.version,
             header_safe(&tls.cipher)
         );
     }

@@ -422,11 +422,7 @@ async fn store(
         file,
         "stored"
     );
-    Ok(Reply::new(
-        250,
-        (2, 0, 0),
-        format!("OK queued as {}", ctx.id()),
-    ))
+    Ok(Reply::queued(ctx.id()))
 }
 
 /// Writes the message into `tmp/` chunk by chunk as the body yields them
@@ -490,11 +486,7 @@ fn parsed(ctx: &Context) -> Result<(), Reply> {
             );
             Ok(())
         }
-        Err(e) => Err(Reply::new(
-            554,
-            (5, 6, 0),
-            format!("Cannot parse message: {e}"),
-        )),
+        Err(e) => Err(Reply::malformed_message().with_text(format!("Cannot parse message: {e}"))),
     }
 }
 

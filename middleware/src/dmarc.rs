@@ -158,11 +158,7 @@ pub struct Dmarc<S> {
 
 /// `550 5.7.1` for a message its author domain asks to reject.
 pub fn rejected(domain: &str) -> Reply {
-    Reply::new(
-        550,
-        (5, 7, 1),
-        format!("Rejected by the DMARC policy of {domain}"),
-    )
+    Reply::rejected().with_text(format!("Rejected by the DMARC policy of {domain}"))
 }
 
 /// Evaluates `req` (a message) and leaves SPF, DKIM and DMARC outcomes in

@@ -6,6 +6,11 @@
 //! message service as a second line. At connect and HELO nobody has
 //! authenticated yet, so it would refuse everyone there.
 //!
+//! When every message on every listener needs AUTH and no sender rule is
+//! wanted, `smtpsrv::Builder::require_auth(true)` says the same in one line
+//! and is checked by the session itself; this layer is for rules that
+//! depend on the identity, the sender or the stage (see that method's docs).
+//!
 //! ```
 //! use smtpsrv::{BoxError, Identity, MailFrom, Reply, SessionInfo};
 //! use smtpsrv_middleware::require_auth::{RequireAuthLayer, SenderRules};
@@ -146,7 +151,7 @@ pub struct RequireAuth<S> {
 
 /// `530 5.7.0`: the client has not authenticated.
 pub fn auth_required() -> Reply {
-    Reply::new(530, (5, 7, 0), "Authentication required")
+    Reply::auth_required()
 }
 
 /// `553 5.7.1`: the identity may not use this sender.

@@ -122,11 +122,8 @@ pub struct SizeLimit<S> {
 
 /// `552 5.3.4` with the limit in the text.
 pub fn too_big(limit: u64) -> Reply {
-    Reply::new(
-        552,
-        (5, 3, 4),
-        format!("Message size exceeds the limit of {limit} octets"),
-    )
+    Reply::message_too_large()
+        .with_text(format!("Message size exceeds the limit of {limit} octets"))
 }
 
 impl<S> SizeLimit<S> {

@@ -4,8 +4,8 @@
 //! An [`Address`] is the mailbox exactly as the client wrote it between the
 //! angle brackets, minus any source route: quotes and case are kept, because
 //! the local part belongs to the receiving host and only it may decide what
-//! is equivalent. Comparison is therefore exact; fold the domain's case
-//! yourself where that matters.
+//! is equivalent. Comparison is therefore exact; compare domains with
+//! [`Address::domain_is`], which ignores their case.
 //!
 //! Syntax follows the RFC grammar; lengths are checked leniently (see
 //! [`MAX_ADDRESS_LEN`]) because real senders (VERP, SRS, BATV) exceed the
@@ -126,6 +126,24 @@ impl Address {
     /// The domain or `[address literal]`; `None` only for the bare postmaster.
     pub fn domain(&self) -> Option<&str> {
         self.text.get(self.at + 1..)
+    }
+
+    /// Whether the domain is `domain`, ignoring ASCII case (DNS names are
+    /// case-insensitive, RFC 4343): what a "do we serve this recipient"
+    /// check wants. Non-ASCII characters compare exactly (an IDN's U-label
+    /// does not match its `xn--` A-label); a bare postmaster has no domain
+    /// and matches nothing.
+    ///
+    /// ```
+    /// use smtpsrv::Address;
+    /// let a = Address::parse("Ann@Example.COM").unwrap();
+    /// assert!(a.domain_is("example.com"));
+    /// assert!(!a.domain_is("mail.example.com"));
+    /// assert!(!Address::postmaster().domain_is("example.com"));
+    /// ```
+    pub fn domain_is(&self, domain: &str) -> bool {
+        self.domain()
+            .is_some_and(|own| own.eq_ignore_ascii_case(domain))
     }
 
     /// True when the address is pure ASCII (no SMTPUTF8 needed).

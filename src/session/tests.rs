@@ -34,7 +34,7 @@ fn configured(change: impl FnOnce(&mut Config)) -> Session {
 
 fn tls_info() -> TlsInfo {
     TlsInfo {
-        version: "TLSv1_3".into(),
+        version: crate::tls::TlsVersion::Tls1_3,
         cipher: "TLS13_AES_128_GCM_SHA256".into(),
         sni: None,
         peer_certificates: Vec::new(),

@@ -312,7 +312,7 @@ pub fn limited(close: bool, retry_after: std::time::Duration) -> Reply {
     if close {
         Reply::new(421, (4, 7, 0), text)
     } else {
-        Reply::new(450, (4, 7, 0), text)
+        Reply::rate_limited().with_text(text)
     }
 }
 
