@@ -36,13 +36,35 @@ self_cell::self_cell!(
 ///
 /// mail-parser is lenient: it recovers what it can from malformed input, so
 /// this only happens when not even one header could be found.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `PartialEq` compares [`Unreadable`](ParseError::Unreadable) errors by
+/// their text (an I/O error has no equality of its own).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
     /// The input holds no message header (for example, it is empty).
     #[error("not an email message: no header found")]
     NoHeaders,
+    /// The message could not be had whole: a streaming body (buffer it
+    /// first) or a spilled file that cannot be read. Not the message's
+    /// fault, so it is answered `451`, not `554`.
+    #[error("message body not readable: {0}")]
+    Unreadable(#[source] crate::body::BodyError),
 }
+
+impl PartialEq for ParseError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ParseError::NoHeaders, ParseError::NoHeaders) => true,
+            (ParseError::Unreadable(a), ParseError::Unreadable(b)) => {
+                a.to_string() == b.to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ParseError {}
 
 /// A parsed email message (RFC 5322 + MIME).
 ///

@@ -104,6 +104,9 @@ impl IntoDelivery for PerRecipient {
 /// - a [`ParseError`](crate::email::ParseError) (what `ctx.parse()?` returns
 ///   for a message that is not an email at all) becomes `554 5.6.0`: the
 ///   same bytes would fail again, so the sender must not retry them;
+/// - a [`BodyError`](crate::BodyError) (also inside `ParseError::Unreadable`)
+///   becomes [`BodyError::reply`](crate::BodyError::reply): `552` for a
+///   body over a limit, `451` for one that could not be read;
 /// - anything else becomes `451 4.3.0`, a temporary failure, so that the
 ///   sender keeps the message and retries.
 pub fn error_reply(err: BoxError) -> Reply {
@@ -117,12 +120,18 @@ pub fn error_reply(err: BoxError) -> Reply {
         Err(err) if err.is::<tower::load_shed::error::Overloaded>() => {
             Reply::new(451, (4, 3, 2), "Too busy, try again later")
         }
-        Err(err) if err.is::<crate::email::ParseError>() => {
-            Reply::new(554, (5, 6, 0), format!("Malformed message: {err}"))
-        }
         Err(err) => {
-            tracing::warn!(error = %err, "service error answered with 451");
-            Reply::new(451, (4, 3, 0), "Temporary failure, try again later")
+            if let Some(body) = err.downcast_ref::<crate::body::BodyError>() {
+                return body.reply();
+            }
+            match err.downcast_ref::<crate::email::ParseError>() {
+                Some(crate::email::ParseError::Unreadable(body)) => body.reply(),
+                Some(_) => Reply::new(554, (5, 6, 0), format!("Malformed message: {err}")),
+                None => {
+                    tracing::warn!(error = %err, "service error answered with 451");
+                    Reply::new(451, (4, 3, 0), "Temporary failure, try again later")
+                }
+            }
         }
     }
 }

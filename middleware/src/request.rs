@@ -6,9 +6,8 @@
 //! the defaults say "nothing", so a request type of your own needs only
 //! `impl StageData for MyRequest {}`.
 
-use bytes::Bytes;
 use smtpsrv::{
-    Authenticate, Connect, Context, Helo, MailFrom, MessageId, RcptTo, Recipient, Stage,
+    Authenticate, Body, Connect, Context, Helo, MailFrom, MessageId, RcptTo, Recipient, Stage,
 };
 
 /// Stage-specific data for layers generic over the stage.
@@ -18,8 +17,17 @@ pub trait StageData: Stage {
         None
     }
 
-    /// The complete message (`DATA`/`BDAT` only).
-    fn message(&self) -> Option<&Bytes> {
+    /// The message body (`DATA`/`BDAT` only): in memory, spilled to disk
+    /// or, on a streaming server, still arriving. Layers look at its shape
+    /// through [`Body`] (its length is known unless it streams) rather than
+    /// loading it.
+    fn body(&self) -> Option<&Body> {
+        None
+    }
+
+    /// Mutable access to the body, for layers that buffer a streaming one
+    /// or limit it.
+    fn body_mut(&mut self) -> Option<&mut Body> {
         None
     }
 
@@ -47,8 +55,12 @@ impl StageData for RcptTo {
 }
 
 impl StageData for Context {
-    fn message(&self) -> Option<&Bytes> {
-        Some(Context::message(self))
+    fn body(&self) -> Option<&Body> {
+        Some(Context::body(self))
+    }
+
+    fn body_mut(&mut self) -> Option<&mut Body> {
+        Some(Context::body_mut(self))
     }
 
     fn message_id(&self) -> Option<&MessageId> {
@@ -88,10 +100,13 @@ mod tests {
             "Subject: x\r\n\r\nhi\r\n",
         );
         assert!(ctx.prepend_header("X-Test: 1\r\n"));
-        assert_eq!(&ctx.message()[..], b"X-Test: 1\r\nSubject: x\r\n\r\nhi\r\n");
+        assert_eq!(
+            &ctx.message().unwrap()[..],
+            b"X-Test: 1\r\nSubject: x\r\n\r\nhi\r\n"
+        );
         let mut helo = Helo::new(session(), smtpsrv::Greeting::Ehlo("c.example".into()));
         assert!(!helo.prepend_header("X-Test: 1\r\n"));
-        assert!(StageData::message(&helo).is_none());
+        assert!(StageData::body(&helo).is_none());
     }
 
     #[test]
