@@ -571,3 +571,74 @@ async fn a_spilled_body_can_be_prepended_to_and_parsed() {
     })
     .await;
 }
+
+/// The `.smtpsrv-*` files in `dir`, sorted.
+fn spill_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".smtpsrv-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A crash leaves spill files behind: the next server to start with that
+/// directory removes those of dead processes, and only those (other servers
+/// may share the directory, the system's temporary one by default).
+#[tokio::test]
+async fn spill_files_left_by_a_dead_process_are_removed_at_start() {
+    let _shared = SERIAL.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!(".smtpsrv-{dead}-Ab12Cd");
+    let live = ".smtpsrv-1-Ef34Gh".to_owned(); // pid 1 outlives the test
+    let own = format!(".smtpsrv-{}-Ij56Kl", std::process::id());
+    let kept_anyway = [".smtpsrv-notapid", "notes.txt"];
+    for name in [&stale, &live, &own]
+        .into_iter()
+        .map(String::as_str)
+        .chain(kept_anyway)
+    {
+        std::fs::write(dir.path().join(name), b"left behind").unwrap();
+    }
+    std::fs::create_dir(dir.path().join(format!(".smtpsrv-{dead}-dir"))).unwrap();
+
+    let log = Log::default();
+    let l = log.clone();
+    let service = service_fn(move |ctx: Context| read_all(ctx, l.clone()));
+    let server = TestServer::start(builder(Mode::Buffered, dir.path()), service).await;
+    let mut expected = vec![
+        format!(".smtpsrv-{dead}-dir"),
+        live.clone(),
+        own.clone(),
+        kept_anyway[0].to_owned(),
+    ];
+    expected.sort();
+    // A reused pid would keep the file: only then may it stay.
+    if !Path::new(&format!("/proc/{dead}")).exists() {
+        assert_eq!(spill_names(dir.path()), expected, "only the dead one goes");
+    }
+    assert!(dir.path().join("notes.txt").exists());
+
+    // The server's own spill files come and go with their messages.
+    let mut c = server.connect().await;
+    session(&mut c).await;
+    c.cmd("DATA").await.expect(354, "");
+    let m = message(300 * 1024, 10);
+    c.send(dot_stuff(&m)).await;
+    c.reply().await.expect(250, "");
+    let seen = log.wait_for(1).await;
+    assert!(seen[0].spilled);
+    assert_eq!(seen[0].result.as_deref(), Ok(&m[..]));
+    c.cmd("QUIT").await.expect(221, "");
+    within(async {
+        while spill_names(dir.path()).len() > expected.len() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(dir.path().join(&own).exists() && dir.path().join(&live).exists());
+}

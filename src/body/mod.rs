@@ -12,7 +12,8 @@
 //!   holds a few hundred KiB whatever the message size. The file is removed
 //!   when the last clone of the body is dropped: after the handler returns,
 //!   on panic (unwinding drops it) and on shutdown. Only a killed process
-//!   leaves files behind; they are named `.smtpsrv-*`.
+//!   leaves files behind; they are named `.smtpsrv-<pid>-*`, and the next
+//!   server to start with that directory removes those of dead processes.
 //! - **Streaming** (opt in with [`Builder::streaming`](crate::Builder::streaming)):
 //!   the handler is called when `DATA` (or the first `BDAT`) starts, and the
 //!   body yields chunks as they arrive. The socket is not read faster than
@@ -151,7 +152,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 pub(crate) use channel::{BodySender, channel};
-pub(crate) use spill::Spill;
+pub(crate) use spill::{Spill, remove_stale};
 
 /// Why a message body could not be read to its end. The message was not
 /// accepted: the client gets the same failure reply as without streaming.
