@@ -49,8 +49,10 @@
 //! gets [`BodyError::NotBuffered`] from a streaming body; [`Body::buffer`]
 //! first turns it into what buffered mode would have produced (in memory
 //! up to the spill threshold, spilled past it). The DKIM and DMARC layers
-//! of `smtpsrv-middleware` do that themselves, so they work on a streaming
-//! server, at the cost of streaming for the handler behind them.
+//! of `smtpsrv-middleware` read a streaming body to its end themselves
+//! (into memory: mail-auth verifies one byte slice), so they work on a
+//! streaming server, at the cost of streaming for the handler behind them;
+//! the size layer caps a streaming body with [`Body::limit`] instead.
 //!
 //! # Failures never look like the end
 //!
