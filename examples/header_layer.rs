@@ -8,7 +8,7 @@
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Parser;
 use smtpsrv::{BoxError, Context, Server};
 use tower::{Layer, Service, ServiceBuilder};
@@ -55,10 +55,9 @@ impl<S: Service<Context>> Service<Context> for AddHeader<S> {
     }
 
     fn call(&mut self, mut ctx: Context) -> S::Future {
-        let mut message = BytesMut::with_capacity(self.line.len() + ctx.size());
-        message.extend_from_slice(&self.line);
-        message.extend_from_slice(ctx.message());
-        ctx.set_message(message.freeze());
+        // Any body shape: a spilled or streaming body keeps the field apart
+        // and yields it first, without loading the message.
+        ctx.prepend(&self.line);
         self.inner.call(ctx)
     }
 }
@@ -82,7 +81,7 @@ async fn main() -> std::io::Result<()> {
         .layer(AddHeaderLayer::new("X-Received-By", &args.hostname))
         .service_fn(|ctx: Context| async move {
             println!("message {}", ctx.id());
-            println!("{}", String::from_utf8_lossy(ctx.message()));
+            println!("{}", String::from_utf8_lossy(ctx.message()?));
             Ok::<_, BoxError>(())
         });
     let server = Server::builder()

@@ -17,7 +17,7 @@ async fn main() -> std::io::Result<()> {
                 .collect::<Vec<_>>(),
             ctx.size()
         );
-        println!("{}", String::from_utf8_lossy(ctx.message()));
+        println!("{}", String::from_utf8_lossy(ctx.message()?));
         Ok::<_, BoxError>(())
     });
     let server = Server::builder().build().bind("127.0.0.1:2525").await?;

@@ -306,7 +306,7 @@ impl Payload {
                     data: BASE64.encode(&a.data),
                 })
                 .collect(),
-            raw: with_raw.then(|| BASE64.encode(ctx.message())),
+            raw: with_raw.then(|| BASE64.encode(email.raw())),
         }
     }
 }

@@ -172,8 +172,9 @@ async fn store(
 ) -> Result<Reply, BoxError> {
     if let Some(maildir) = maildir {
         let header = trace_header(&ctx, &hostname);
+        let message = ctx.body().bytes().await?;
         maildir
-            .deliver_with(maildir.line_ends_for(&ctx), header, ctx.message().clone())
+            .deliver_with(maildir.line_ends_for(&ctx), header, message)
             .await?;
     }
     Ok(Reply::queued(ctx.id()))

@@ -446,7 +446,11 @@ where
             return;
         };
         let (sender, body) = crate::body::channel(STREAM_CHUNKS);
-        ctx.set_body(body);
+        let policy = crate::body::SpillPolicy {
+            threshold: self.config.spill_threshold,
+            dir: self.config.spill_dir(),
+        };
+        ctx.set_body(body.with_spill_policy(std::sync::Arc::new(policy)));
         // Debug level: a span per message costs more than the rest of the
         // session's work when a subscriber formats it (allocations, fmt);
         // `smtpsrv_middleware::trace` gives info-level spans to those who want them.

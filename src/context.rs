@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::body::{Body, BodyReader};
+use crate::body::{Body, BodyError, BodyReader};
 use crate::email::{Email, ParseError};
 use crate::envelope::{Envelope, Recipient};
 use crate::extensions::Extensions;
@@ -102,7 +102,8 @@ impl fmt::Display for MessageId {
 /// large, or streaming in streaming mode (see [`crate::body`]). The
 /// accessors that return the whole message ([`message`](Self::message),
 /// [`parse`](Self::parse), [`into_message`](Self::into_message)) read a
-/// spilled body into memory on demand and panic on a streaming one; use
+/// spilled body into memory on demand and are an error on a streaming one
+/// ([`BodyError::NotBuffered`]; nothing here panics); use
 /// [`body`](Self::body) to read any of them chunk by chunk.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -209,10 +210,23 @@ impl Context {
     /// Zero-copy for an in-memory body; a spilled body is read from its
     /// file once, on demand (blocking; [`Body::bytes`] does it without).
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// On a streaming body (see [`Body::as_bytes`]).
-    pub fn message(&self) -> &Bytes {
+    /// [`BodyError::NotBuffered`] on a streaming body (read it with
+    /// [`Context::body`], or [`Body::buffer`] it first), [`BodyError::Io`]
+    /// when a spilled file cannot be read. A handler that passes either on
+    /// with `?` is answered `451`: the client retries, nothing is lost.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use smtpsrv::{Context, Envelope, SessionInfo};
+    /// # let session = Arc::new(SessionInfo::new(
+    /// #     "192.0.2.1:5000".parse().unwrap(), "127.0.0.1:25".parse().unwrap()));
+    /// let ctx = Context::new(session, Envelope::default(), "Subject: x\r\n\r\nhi\r\n".into());
+    /// assert!(ctx.message()?.starts_with(b"Subject: x"));
+    /// # Ok::<(), smtpsrv::BodyError>(())
+    /// ```
+    pub fn message(&self) -> Result<&Bytes, BodyError> {
         self.body.as_bytes()
     }
 
@@ -250,8 +264,9 @@ impl Context {
     }
 
     /// Parses the message (MIME, headers, bodies, attachments). A spilled
-    /// body is read into memory for this; panics on a streaming one (see
-    /// [`Context::message`]).
+    /// body is read into memory for this; a streaming one is
+    /// [`ParseError::Unreadable`] (see [`Context::message`]), answered `451`
+    /// when passed on with `?`, unlike a message with no header (`554`).
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -266,7 +281,8 @@ impl Context {
     /// assert_eq!(email.text_body().as_deref(), Some("Hi there\r\n"));
     /// ```
     pub fn parse(&self) -> Result<Email, ParseError> {
-        Email::parse(self.message().clone())
+        let message = self.message().map_err(ParseError::Unreadable)?;
+        Email::parse(message.clone())
     }
 
     /// Results left by layers (SPF, DKIM, DMARC, ...).
@@ -292,10 +308,10 @@ impl Context {
         self.body.prepend(field);
     }
 
-    /// Takes the message bytes out (loading a spilled body; panics on a
+    /// Takes the message bytes out (loading a spilled body; an error on a
     /// streaming one, like [`Context::message`]).
-    pub fn into_message(self) -> Bytes {
-        self.body.as_bytes().clone()
+    pub fn into_message(self) -> Result<Bytes, BodyError> {
+        self.body.as_bytes().cloned()
     }
 
     /// Takes the message body out.

@@ -58,7 +58,12 @@ self_cell::self_cell!(
 /// The server answers it by itself with `554 5.6.0`, a permanent failure
 /// ([`error_reply`](crate::error_reply)): `ctx.parse()?` in a handler
 /// refuses such a message for good, because the same bytes would fail on
-/// every retry. Any other handler error is a temporary `451 4.3.0`.
+/// every retry, except [`Unreadable`](ParseError::Unreadable), which is
+/// not the message's fault and is answered `451` (or `552` for a body over
+/// a limit). Any other handler error is a temporary `451 4.3.0`.
+///
+/// `PartialEq` compares [`Unreadable`](ParseError::Unreadable) errors by
+/// their text (an I/O error has no equality of its own).
 ///
 /// ```
 /// use smtpsrv::email::{Email, ParseError};
@@ -67,13 +72,32 @@ self_cell::self_cell!(
 /// let reply = smtpsrv::error_reply(Box::new(ParseError::NoHeaders));
 /// assert_eq!(reply.to_string(), "554 5.6.0 Malformed message: not an email message: no header found\r\n");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
     /// Neither a header field nor a blank line (see the type's docs).
     #[error("not an email message: no header found")]
     NoHeaders,
+    /// The message could not be had whole: a streaming body (buffer it
+    /// first) or a spilled file that cannot be read. Not the message's
+    /// fault, so it is answered `451`, not `554`.
+    #[error("message body not readable: {0}")]
+    Unreadable(#[source] crate::body::BodyError),
 }
+
+impl PartialEq for ParseError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ParseError::NoHeaders, ParseError::NoHeaders) => true,
+            (ParseError::Unreadable(a), ParseError::Unreadable(b)) => {
+                a.to_string() == b.to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ParseError {}
 
 /// A parsed email message (RFC 5322 + MIME).
 ///

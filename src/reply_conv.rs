@@ -139,14 +139,14 @@ impl IntoDelivery for PerRecipient {
 /// - `tower::timeout::error::Elapsed` (a `timeout` layer of yours) becomes
 ///   `451 4.4.7`;
 /// - `tower::load_shed::error::Overloaded` becomes `451 4.3.2`;
+/// - a [`BodyError`](crate::BodyError) (also inside `ParseError::Unreadable`)
+///   becomes [`BodyError::reply`](crate::BodyError::reply): `552` for a
+///   body over a limit, `451` for one that could not be read;
 /// - anything else becomes `451 4.3.0`, a temporary failure, so that the
 ///   sender keeps the message and retries.
 pub fn error_reply(err: BoxError) -> Reply {
     match err.downcast::<Reply>() {
         Ok(reply) => *reply,
-        Err(err) if err.is::<crate::email::ParseError>() => {
-            Reply::malformed_message().with_text(format!("Malformed message: {err}"))
-        }
         Err(err) if err.is::<HandlerTimeout>() => {
             tracing::warn!("handler deadline passed; answering 451");
             Reply::try_again_later().with_text("Timed out while processing, try again later")
@@ -160,8 +160,17 @@ pub fn error_reply(err: BoxError) -> Reply {
             Reply::new(451, (4, 3, 2), "Too busy, try again later")
         }
         Err(err) => {
-            tracing::warn!(error = %err, "service error answered with 451");
-            Reply::try_again_later()
+            if let Some(body) = err.downcast_ref::<crate::body::BodyError>() {
+                return body.reply();
+            }
+            match err.downcast_ref::<crate::email::ParseError>() {
+                Some(crate::email::ParseError::Unreadable(body)) => body.reply(),
+                Some(_) => Reply::malformed_message().with_text(format!("Malformed message: {err}")),
+                None => {
+                    tracing::warn!(error = %err, "service error answered with 451");
+                    Reply::try_again_later()
+                }
+            }
         }
     }
 }

@@ -301,7 +301,10 @@ impl Builder {
     }
 
     /// Where spilled messages go (default [`std::env::temp_dir`]). Files
-    /// are named `.smtpsrv-*` and removed when their message is dropped.
+    /// are named `.smtpsrv-<pid>-*` and removed when their message is
+    /// dropped; those a killed process left behind are removed by
+    /// [`build`](Self::build) (on Linux, where `/proc` says which processes
+    /// are gone; files of live servers sharing the directory are kept).
     pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.config.spill_dir = Some(dir.into());
         self
@@ -494,8 +497,11 @@ impl Builder {
         )
     }
 
-    /// The server, without listeners yet.
+    /// The server, without listeners yet. Removes the spill files dead
+    /// processes left in the spill directory (see
+    /// [`spill_dir`](Self::spill_dir)).
     pub fn build(mut self) -> Server {
+        crate::body::remove_stale(&self.config.spill_dir());
         let budget = MemoryBudget::new(self.config.memory_budget);
         let hooks = self.hook_layers.apply(self.hooks, &mut self.config.hooks);
         Server {

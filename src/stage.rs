@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 use crate::context::{Context, MessageId};
 use crate::envelope::{Envelope, Recipient};
 use crate::extensions::SharedExtensions;
@@ -115,17 +115,17 @@ pub trait Stage: Send + 'static {
         None
     }
 
-    /// The complete message in memory (`DATA`/`BDAT` only), as
-    /// [`Body::as_bytes`] gives it: zero-copy in memory; a spilled body is
-    /// read from its file on the first call (a blocking read, kept for the
-    /// request's life, not counted by the memory budget).
+    /// The complete message in memory (`DATA`/`BDAT` only; `None` at
+    /// other stages), as [`Body::as_bytes`] gives it: zero-copy in memory;
+    /// a spilled body is read from its file on the first call (a blocking
+    /// read, kept for the request's life, not counted by the memory budget).
     ///
-    /// # Panics
-    ///
-    /// On a streaming body (see [`Body::as_bytes`]). A layer that needs the
-    /// whole message in streaming mode calls [`Body::buffer`] first
-    /// (through [`Stage::body_mut`]), or reads [`Stage::body`] as chunks.
-    fn message(&self) -> Option<&Bytes> {
+    /// Never panics: a streaming body is `Some(Err(BodyError::NotBuffered))`
+    /// (a layer that needs the whole message in streaming mode calls
+    /// [`Body::buffer`] first, through [`Stage::body_mut`], or reads
+    /// [`Stage::body`] as chunks), an unreadable spill file
+    /// `Some(Err(BodyError::Io))`.
+    fn message(&self) -> Option<Result<&Bytes, BodyError>> {
         self.body().map(Body::as_bytes)
     }
 
@@ -427,7 +427,7 @@ impl Stage for Context {
     fn body_mut(&mut self) -> Option<&mut Body> {
         Some(Context::body_mut(self))
     }
-    fn message(&self) -> Option<&Bytes> {
+    fn message(&self) -> Option<Result<&Bytes, BodyError>> {
         Some(Context::message(self))
     }
     fn message_id(&self) -> Option<&MessageId> {
@@ -454,7 +454,7 @@ mod tests {
     fn carried<R: Stage>(req: &mut R) -> (bool, Option<usize>, bool, bool) {
         (
             req.recipient().is_some(),
-            req.message().map(|m| m.len()),
+            req.message().map(|m| m.unwrap().len()),
             req.message_id().is_some(),
             req.prepend_header("X-Test: 1\r\n"),
         )
@@ -469,7 +469,7 @@ mod tests {
         assert_eq!(carried(rcpt), (true, None, false, false));
         let ctx = &mut Context::new(session(), Envelope::default(), "Subject: x\r\n\r\n".into());
         assert_eq!(carried(ctx), (false, Some(14), true, true));
-        assert_eq!(&ctx.message()[..], b"X-Test: 1\r\nSubject: x\r\n\r\n");
+        assert_eq!(&ctx.message().unwrap()[..], b"X-Test: 1\r\nSubject: x\r\n\r\n");
     }
 
     #[test]

@@ -139,7 +139,7 @@ async fn named_replies_reach_the_wire_as_documented() {
         })
     });
     let handler = service_fn(|ctx: Context| async move {
-        if ctx.message().len() > 100 {
+        if ctx.message()?.len() > 100 {
             return Err::<Reply, BoxError>(Box::new(Reply::message_too_large()));
         }
         Ok(Reply::queued(ctx.id()))

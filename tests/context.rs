@@ -85,7 +85,7 @@ async fn mail_and_rcpt_parameters() {
     assert_eq!(p.envid.as_deref(), Some("abc+def"));
     assert!(!p.smtputf8);
     assert_eq!(
-        &ctx.message()[..],
+        &ctx.message().unwrap()[..],
         "Subject: café\r\n\r\nnaïve\r\n".as_bytes()
     );
 
@@ -137,7 +137,7 @@ async fn null_sender_is_none() {
     let ctx = deliver("MAIL FROM:<>", &["RCPT TO:<bob@example.net>"], b"").await;
     assert!(ctx.reverse_path().is_none());
     assert!(ctx.envelope().is_null_sender());
-    assert!(ctx.message().is_empty());
+    assert!(ctx.message().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -201,7 +201,7 @@ async fn parse_a_multipart_message_sent_through_the_server() {
         MULTIPART.as_bytes(),
     )
     .await;
-    assert_eq!(&ctx.message()[..], MULTIPART.as_bytes());
+    assert_eq!(&ctx.message().unwrap()[..], MULTIPART.as_bytes());
     let email = ctx.parse().unwrap();
     assert_eq!(email.subject(), Some("Report Übersicht"));
     assert_eq!(email.message_id(), Some("report-1@example.org"));

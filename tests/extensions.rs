@@ -76,7 +76,7 @@ async fn bdat_single_chunk_is_byte_exact() {
     client.cmd("NOOP").await.expect(250, "2.0.0");
 
     let ctx = inbox.next().await;
-    assert_eq!(&ctx.message()[..], &content[..]);
+    assert_eq!(&ctx.message().unwrap()[..], &content[..]);
     assert_eq!(ctx.size(), content.len());
 }
 
@@ -94,7 +94,10 @@ async fn bdat_two_chunks() {
     client.reply().await.expect(250, "2.0.0");
 
     let ctx = inbox.next().await;
-    assert_eq!(&ctx.message()[..], b"Subject: two\r\n\r\nHello, world\r\n");
+    assert_eq!(
+        &ctx.message().unwrap()[..],
+        b"Subject: two\r\n\r\nHello, world\r\n"
+    );
     assert_eq!(ctx.parse().unwrap().subject(), Some("two"));
 }
 
@@ -123,7 +126,7 @@ async fn bdat_many_chunks() {
 
     let ctx = inbox.next().await;
     assert_eq!(ctx.size(), content.len());
-    assert!(ctx.message()[..] == content[..], "content differs");
+    assert!(ctx.message().unwrap()[..] == content[..], "content differs");
 }
 
 #[tokio::test]
@@ -149,7 +152,10 @@ async fn pipelined_bdats_in_one_write() {
     assert_eq!(noop.lines, vec!["2.0.0 OK".to_owned()]);
 
     let ctx = inbox.next().await;
-    assert_eq!(&ctx.message()[..], b"abc\r\nBDAT 1 LAST\r\ndef\r\n");
+    assert_eq!(
+        &ctx.message().unwrap()[..],
+        b"abc\r\nBDAT 1 LAST\r\ndef\r\n"
+    );
     inbox.assert_empty();
 }
 
@@ -163,7 +169,7 @@ async fn bdat_0_last() {
     client.reply().await.expect(250, "2.0.0");
     client.cmd("BDAT 0 LAST").await.expect(250, "2.0.0");
     assert_eq!(
-        &inbox.next().await.message()[..],
+        &inbox.next().await.message().unwrap()[..],
         b"Subject: x\r\n\r\nend\r\n"
     );
 
@@ -175,7 +181,7 @@ async fn bdat_0_last() {
         .expect(250, "2.1.5");
     client.cmd("BDAT 0 LAST").await.expect(250, "2.0.0");
     let ctx = inbox.next().await;
-    assert!(ctx.message().is_empty());
+    assert!(ctx.message().unwrap().is_empty());
     assert!(ctx.reverse_path().is_none());
 }
 
@@ -228,7 +234,7 @@ async fn data_after_bdat_is_503() {
     client.send(bdat(b"def", true)).await;
     client.reply().await.expect(250, "2.0.0");
     let ctx = inbox.next().await;
-    assert_eq!(&ctx.message()[..], b"abcdef");
+    assert_eq!(&ctx.message().unwrap()[..], b"abcdef");
     assert_eq!(ctx.recipients().len(), 1);
 }
 
@@ -312,7 +318,7 @@ async fn binarymime_needs_bdat() {
     client.reply().await.expect(250, "2.0.0");
     let ctx = inbox.next().await;
     assert_eq!(ctx.mail_params().body, Some(BodyType::BinaryMime));
-    assert_eq!(&ctx.message()[..], &content[..]);
+    assert_eq!(&ctx.message().unwrap()[..], &content[..]);
 }
 
 // ------------------------------------------------------------ DSN

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 /// The text of the `Subject:` header, which the tests use as a label.
 fn subject(ctx: &Context) -> String {
-    let message = String::from_utf8_lossy(ctx.message());
+    let message = String::from_utf8_lossy(ctx.message().unwrap());
     message
         .lines()
         .find_map(|l| l.strip_prefix("Subject: "))

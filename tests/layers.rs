@@ -230,7 +230,7 @@ where
 
     fn call(&mut self, mut req: R) -> Self::Future {
         let spilled = req.body().map(|b| b.is_spilled());
-        let len = req.message().map(|m| m.len());
+        let len = req.message().map(|m| m.unwrap().len());
         let stamped = req.prepend_header(&format!("X-Seen-Size: {}\r\n", len.unwrap_or(0)));
         self.seen
             .lock()
@@ -573,5 +573,5 @@ async fn accept_answers_every_hook_and_the_message_with_the_default_replies() {
     let ctx = recorder.single();
     assert!(ctx.envelope().is_null_sender());
     assert_eq!(ctx.recipients()[0].address().as_str(), "b@example.net");
-    assert_eq!(&ctx.message()[..], b"Subject: accepted\r\n\r\nhi\r\n");
+    assert_eq!(&ctx.message().unwrap()[..], b"Subject: accepted\r\n\r\nhi\r\n");
 }

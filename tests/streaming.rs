@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{Client, Pki, TestServer, step};
 use futures_util::StreamExt;
 use smtpsrv::tower::service_fn;
-use smtpsrv::{BoxError, Builder, Context, Reply, Server};
+use smtpsrv::{BoxError, Builder, Context, LineEndings, Reply, Server};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The memory test runs alone; the others beside each other.
@@ -460,6 +460,7 @@ async fn an_early_answer_is_sent_after_the_message_is_drained() {
     c.reply().await.expect(550, "5.7.1");
     c.cmd("NOOP").await.expect(250, "");
     c.cmd("QUIT").await.expect(221, "");
+    assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
 }
 
 /// The socket is not read faster than the handler consumes: while the
@@ -505,6 +506,7 @@ async fn a_slow_streaming_handler_holds_the_client_back() {
     let seen = log.wait_for(1).await;
     assert_eq!(seen[0].result.as_deref(), Ok(&m[..]));
     c.cmd("QUIT").await.expect(221, "");
+    assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
 }
 
 /// A client that goes away mid-message: a streaming handler's body ends in
@@ -570,4 +572,212 @@ async fn a_spilled_body_can_be_prepended_to_and_parsed() {
         }
     })
     .await;
+}
+
+/// The `.smtpsrv-*` files in `dir`, sorted.
+fn spill_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".smtpsrv-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A crash leaves spill files behind: the next server to start with that
+/// directory removes those of dead processes, and only those (other servers
+/// may share the directory, the system's temporary one by default).
+#[tokio::test]
+async fn spill_files_left_by_a_dead_process_are_removed_at_start() {
+    let _shared = SERIAL.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!(".smtpsrv-{dead}-Ab12Cd");
+    let live = ".smtpsrv-1-Ef34Gh".to_owned(); // pid 1 outlives the test
+    let own = format!(".smtpsrv-{}-Ij56Kl", std::process::id());
+    let kept_anyway = [".smtpsrv-notapid", "notes.txt"];
+    for name in [&stale, &live, &own]
+        .into_iter()
+        .map(String::as_str)
+        .chain(kept_anyway)
+    {
+        std::fs::write(dir.path().join(name), b"left behind").unwrap();
+    }
+    std::fs::create_dir(dir.path().join(format!(".smtpsrv-{dead}-dir"))).unwrap();
+
+    let log = Log::default();
+    let l = log.clone();
+    let service = service_fn(move |ctx: Context| read_all(ctx, l.clone()));
+    let server = TestServer::serve(builder(Mode::Buffered, dir.path()), service).await;
+    let mut expected = vec![
+        format!(".smtpsrv-{dead}-dir"),
+        live.clone(),
+        own.clone(),
+        kept_anyway[0].to_owned(),
+    ];
+    expected.sort();
+    // A reused pid would keep the file: only then may it stay.
+    if !Path::new(&format!("/proc/{dead}")).exists() {
+        assert_eq!(spill_names(dir.path()), expected, "only the dead one goes");
+    }
+    assert!(dir.path().join("notes.txt").exists());
+
+    // The server's own spill files come and go with their messages.
+    let mut c = server.connect().await;
+    session(&mut c).await;
+    c.cmd("DATA").await.expect(354, "");
+    let m = message(300 * 1024, 10);
+    c.send(dot_stuff(&m)).await;
+    c.reply().await.expect(250, "");
+    let seen = log.wait_for(1).await;
+    assert!(seen[0].spilled);
+    assert_eq!(seen[0].result.as_deref(), Ok(&m[..]));
+    c.cmd("QUIT").await.expect(221, "");
+    step(async {
+        while spill_names(dir.path()).len() > expected.len() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(dir.path().join(&own).exists() && dir.path().join(&live).exists());
+}
+
+/// A message past the spill threshold with a bare LF and a bare CR deep in
+/// it (so the spilled and streamed paths are the ones that see them): the
+/// default policy drains it with 550 (a streaming handler reads an error,
+/// never an end), the session stays in sync; under `Normalize` both become
+/// CRLF and the message is accepted, the same in both modes.
+#[tokio::test]
+async fn bare_line_endings_in_a_large_message_in_both_modes() {
+    let _shared = SERIAL.read().await;
+    let mut m = message(100 * 1024, 11);
+    m.extend_from_slice(b"a bare\nLF and a bare\rCR inside\r\n");
+    m.extend_from_slice(&message(50 * 1024, 12));
+    let normalized = {
+        let mut n = message(100 * 1024, 11);
+        n.extend_from_slice(b"a bare\r\nLF and a bare\r\nCR inside\r\n");
+        n.extend_from_slice(&message(50 * 1024, 12));
+        n
+    };
+    for mode in MODES {
+        let s = start(mode, |b| b).await;
+        let mut c = s.server.connect().await;
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        send_pieces(&mut c, &dot_stuff(&m)).await;
+        c.reply().await.expect(550, "5.5.2");
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        let good = message(70 * 1024, 13);
+        c.send(dot_stuff(&good)).await;
+        c.reply().await.expect(250, "");
+        let seen = s
+            .log
+            .wait_for(if mode == Mode::Streaming { 2 } else { 1 })
+            .await;
+        if mode == Mode::Streaming {
+            assert_eq!(seen[0].result, Err("BareLineEnding".into()));
+        }
+        assert_eq!(seen.last().unwrap().result.as_deref(), Ok(&good[..]));
+        c.cmd("QUIT").await.expect(221, "");
+        s.assert_no_temp_files().await;
+
+        let s = start(mode, |b| b.line_endings(LineEndings::Normalize)).await;
+        let mut c = s.server.connect().await;
+        session(&mut c).await;
+        c.cmd("DATA").await.expect(354, "");
+        send_pieces(&mut c, &dot_stuff(&m)).await;
+        c.reply().await.expect(250, "");
+        let seen = s.log.wait_for(1).await;
+        assert_eq!(seen[0].result.as_deref(), Ok(&normalized[..]), "{mode:?}");
+        assert_eq!(seen[0].spilled, mode == Mode::Buffered);
+        c.cmd("QUIT").await.expect(221, "");
+        s.assert_no_temp_files().await;
+    }
+}
+
+/// Peak of `rss_kib` sampled every 10 ms on a thread of its own (the
+/// runtime's threads are busy) until `stop`.
+fn sample_peak_rss(stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        // Bounded: at most 10 minutes of samples, stopped long before.
+        for _ in 0..60_000 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            peak = peak.max(rss_kib());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    })
+}
+
+/// 50 sessions each sending a 20 MiB message at once to a streaming server
+/// (1000 MiB in all): every message arrives whole, and the process's RSS
+/// (server and clients share it; the clients send one shared 20 MiB buffer,
+/// allocated before the baseline) grows by less than 64 MiB. A streaming
+/// connection holds its read buffer (reads of at most 256 KiB) and two
+/// chunks in flight, about 1 MiB at worst: 50 MiB for 50; buffered, the
+/// same load would hold the whole 1000 MiB.
+#[tokio::test]
+async fn fifty_concurrent_20_mib_messages_stream_in_bounded_memory() {
+    let _alone = SERIAL.write().await;
+    const SESSIONS: usize = 50;
+    const SIZE: usize = 20 * 1024 * 1024;
+    let s = start_counting(Mode::Streaming, |b| b, true).await;
+    let mut m = b"Subject: big\r\n\r\n".to_vec();
+    let line = [b'y'; 1022];
+    while m.len() < SIZE {
+        m.extend_from_slice(&line);
+        m.extend_from_slice(b"\r\n");
+    }
+    let mut wire = m.clone();
+    wire.extend_from_slice(b".\r\n");
+    let wire = Arc::new(wire);
+    let before = rss_kib();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_peak_rss(stop.clone());
+    let started = std::time::Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..SESSIONS {
+        let mut c = s.server.connect().await;
+        let wire = wire.clone();
+        clients.spawn(async move {
+            session(&mut c).await;
+            c.cmd("DATA").await.expect(354, "");
+            for piece in wire.chunks(256 * 1024) {
+                c.send(piece).await;
+            }
+            c.reply().await.expect(250, "");
+            c.cmd("QUIT").await.expect(221, "");
+        });
+    }
+    let all_done = tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(done) = clients.join_next().await {
+            done.unwrap();
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    all_done.expect("50 x 20 MiB within 5 minutes");
+    let seen = s.log.wait_for(SESSIONS).await;
+    assert_eq!(seen.len(), SESSIONS);
+    let whole = m.len().to_string().into_bytes();
+    assert!(
+        seen.iter()
+            .all(|x| x.streaming && x.result.as_deref() == Ok(&whole[..])),
+        "every message whole and streamed"
+    );
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "50 x 20 MiB streamed in {elapsed:?}: RSS {before} KiB before, peak {peak} KiB (+{grown} KiB)"
+    );
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    s.assert_no_temp_files().await;
 }

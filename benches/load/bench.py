@@ -33,13 +33,16 @@ MESSAGE_WORKLOADS = {
     "W1": (50, 20000, 10 * KIB, True),
     "W2": (50, 5000, 10 * KIB, False),
     "W3": (4, 200, 2 * MIB, True),
+    # Large messages at once (issue 12): 50 sessions, two 20 MiB messages each.
+    "W5": (50, 100, 20 * MIB, True),
 }
-ALL_WORKLOADS = ["W1", "W2", "W3", "W4"]
+ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "W5"]
 DESCRIPTIONS = {
     "W1": "{s} sessions, {m} x {size}, connections reused (smtp-source -d)",
     "W2": "{s} sessions, {m} x {size}, new connection per message",
     "W3": "{s} sessions, {m} x {size}, connections reused (smtp-source -d)",
     "W4": "{n} idle connections held past EHLO; server RSS before and with them",
+    "W5": "{s} sessions, {m} x {size}, connections reused (smtp-source -d)",
 }
 
 # (key, label, format) per workload kind; ratios are smtpsrv / smtp-sink.

@@ -3,7 +3,7 @@
 # ../shared/floor-sink (the floor), all driven by Postfix's smtp-source over
 # 127.0.0.1.  See benches/README.md.
 #
-#   benches/load/run.sh              # all workloads W1..W4
+#   benches/load/run.sh              # all workloads W1..W5
 #   benches/load/run.sh W1 W3        # a selection
 #   SCALE=0.1 benches/load/run.sh    # quick run with 10% of the messages
 #   REPEAT=3 benches/load/run.sh     # three runs each, the table shows medians

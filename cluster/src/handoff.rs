@@ -263,9 +263,11 @@ impl JetStreamHandoff {
     async fn publish(self, ctx: Context) -> Result<Reply, BoxError> {
         let id = self.message_id(&ctx);
         let headers = self.headers(&ctx, &id);
+        // Any body shape: a spilled one is read without blocking.
+        let payload = ctx.body().bytes().await?;
         let message = jetstream::message::PublishMessage::build()
             .headers(headers)
-            .payload(ctx.message().clone());
+            .payload(payload);
         let subject = self.config.subject.clone();
         let acked = tokio::time::timeout(self.config.ack_timeout, async {
             self.js.send_publish(subject, message).await?.await

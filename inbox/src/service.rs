@@ -63,7 +63,8 @@ impl tower::Service<Context> for Inbox {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or_else(|_| crate::time::now_ms());
-            let message = mime::extract(ctx.into_message(), return_path, &recipients, created);
+            let raw = ctx.body().bytes().await?;
+            let message = mime::extract(raw, return_path, &recipients, created);
             store.insert(message).await?;
             Ok(())
         })

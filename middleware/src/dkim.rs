@@ -1,7 +1,19 @@
 //! DKIM (RFC 6376) verification of the complete message with mail-auth.
 //!
 //! Works on the message service (the `DATA` stage); at other stages it
-//! passes requests through. Every signature's result goes into a
+//! passes requests through.
+//!
+//! DKIM needs the whole message, and mail-auth parses a byte slice, so the
+//! message is in memory while the parse lives (it is kept for DMARC and the
+//! handler). A spilled body is read from its file, asynchronously, and stays
+//! spilled for the handler. On a streaming server the layer reads the body
+//! to its end before calling the handler, which then gets it whole, in
+//! memory (at most the server's size limit): the layer works, but the
+//! handler behind it no longer streams. It buffers rather than refusing to
+//! be built because a layer cannot know how the server runs, and a refusal
+//! at every message would answer all mail `451`. A transfer that fails
+//! while the layer reads (too large, client gone) is an error from the
+//! layer; the server answers it as without the layer. Every signature's result goes into a
 //! [`DkimOutcome`] in the extensions, next to the shared parse
 //! ([`AuthMessage`]) that [`dmarc`](crate::dmarc) and the handler reuse.
 //!
@@ -29,7 +41,7 @@
 //!         let dkim = ctx.extensions().get::<DkimOutcome>().unwrap();
 //!         let signed_by: Vec<&str> = dkim.passing_domains().collect();
 //!         assert!(signed_by.is_empty());
-//!         assert!(ctx.message().starts_with(b"Authentication-Results: mx.example.com;\r\n\tdkim=none\r\n"));
+//!         assert!(ctx.message()?.starts_with(b"Authentication-Results: mx.example.com;\r\n\tdkim=none\r\n"));
 //!         Ok::<_, BoxError>(())
 //!     });
 //! let session = SessionInfo::new("192.0.2.1:4000".parse().unwrap(), "127.0.0.1:25".parse().unwrap());
@@ -43,7 +55,7 @@ use std::task::{Context, Poll};
 
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::{AuthenticationResults, DkimOutput, DkimResult};
-use smtpsrv::{BoxError, Reply};
+use smtpsrv::{BodyError, BoxError, Reply};
 use tower::{Layer, Service};
 
 use crate::dns::Resolver;
@@ -265,16 +277,21 @@ fn refusal(outcome: &DkimOutcome) -> Reply {
 
 /// The outcome in `req`'s extensions if it is of the current parse, or a
 /// new verification (left in the extensions).
-pub(crate) async fn outcome_of<R: StageData>(req: &mut R, resolver: &Resolver) -> DkimOutcome {
-    let message = AuthMessage::of(req);
+/// A body that cannot be read whole (failed transfer, unreadable spill
+/// file) is the error.
+pub(crate) async fn outcome_of<R: StageData>(
+    req: &mut R,
+    resolver: &Resolver,
+) -> Result<DkimOutcome, BodyError> {
+    let message = AuthMessage::of(req).await?;
     if let Some(known) = req.extension::<DkimOutcome>()
         && known.message.is_some()
     {
-        return known;
+        return Ok(known);
     }
     let outcome = verify(resolver, message).await;
     req.insert_extension(outcome.clone());
-    outcome
+    Ok(outcome)
 }
 
 impl<S, R> Service<R> for Dkim<S>
@@ -294,14 +311,14 @@ where
     }
 
     fn call(&mut self, mut req: R) -> Self::Future {
-        if req.message().is_none() {
+        if req.body().is_none() {
             return pass_through(self.inner.call(req));
         }
         let mut inner = take_ready(&mut self.inner);
         let resolver = self.resolver.clone();
         let config = self.config.clone();
         Box::pin(async move {
-            let outcome = outcome_of(&mut req, &resolver).await;
+            let outcome = outcome_of(&mut req, &resolver).await?;
             tracing::debug!(
                 signatures = outcome.signatures().len(),
                 passed = outcome.passed(),
@@ -448,7 +465,7 @@ mod tests {
         );
         svc.oneshot(ctx).await.unwrap();
         let ctx = seen.lock().unwrap().take().unwrap();
-        let text = String::from_utf8(ctx.message().to_vec()).unwrap();
+        let text = String::from_utf8(ctx.message().unwrap().to_vec()).unwrap();
         assert!(
             text.starts_with("Authentication-Results: mx.test;"),
             "{text}"

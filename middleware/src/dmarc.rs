@@ -6,6 +6,9 @@
 //! layers left in the extensions — the [`SpfOutcome`] of `MAIL`, the
 //! [`DkimOutcome`] and the shared parse — and computes what is missing, so
 //! it also works alone. The [`DmarcOutcome`] goes into the extensions.
+//! Like [`dkim`](crate::dkim), it reads a spilled body from its file and
+//! reads a streaming body to its end before calling the handler (see there
+//! why it buffers rather than refusing streaming servers).
 //!
 //! Policy: tag only by default; [`reject_on_policy`](DmarcLayer::reject_on_policy)
 //! refuses with `550 5.7.1` when DMARC fails and the domain's policy is
@@ -41,7 +44,7 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{AuthenticationResults, DmarcOutput, DmarcResult};
-use smtpsrv::{BoxError, Reply};
+use smtpsrv::{BodyError, BoxError, Reply};
 use tower::{Layer, Service};
 
 use crate::dkim::{DkimOutcome, outcome_of};
@@ -167,7 +170,7 @@ async fn evaluate<R: StageData>(
     req: &mut R,
     resolver: &Resolver,
     config: &Config,
-) -> (DmarcOutcome, Option<String>) {
+) -> Result<(DmarcOutcome, Option<String>), BodyError> {
     let ip = client_ip(req);
     let helo = req.session().helo_name().unwrap_or_default().to_owned();
     let from = sender(req).flatten().cloned();
@@ -183,15 +186,15 @@ async fn evaluate<R: StageData>(
             fresh
         }
     };
-    let dkim: DkimOutcome = outcome_of(req, resolver).await;
+    let dkim: DkimOutcome = outcome_of(req, resolver).await?;
     let Some(message) = dkim.message() else {
         // No header at all: nothing to evaluate against.
-        return (
+        return Ok((
             DmarcOutcome {
                 output: DmarcOutput::default(),
             },
             None,
-        );
+        ));
     };
     let dkim_outputs = dkim.outputs();
     // RFC 7489 4.1: the HELO identity stands in for the null sender.
@@ -210,7 +213,7 @@ async fn evaluate<R: StageData>(
         };
         results.with_dmarc_result(&output).to_header()
     });
-    (DmarcOutcome { output }, header)
+    Ok((DmarcOutcome { output }, header))
 }
 
 impl<S, R> Service<R> for Dmarc<S>
@@ -230,14 +233,14 @@ where
     }
 
     fn call(&mut self, mut req: R) -> Self::Future {
-        if req.message().is_none() {
+        if req.body().is_none() {
             return pass_through(self.inner.call(req));
         }
         let mut inner = take_ready(&mut self.inner);
         let resolver = self.resolver.clone();
         let config = self.config.clone();
         Box::pin(async move {
-            let (outcome, header) = evaluate(&mut req, &resolver, &config).await;
+            let (outcome, header) = evaluate(&mut req, &resolver, &config).await?;
             tracing::debug!(domain = outcome.domain(), result = ?outcome.result(), policy = %outcome.policy(), "DMARC evaluated");
             let refuse_it = config.reject_on_policy && outcome.wants_reject();
             let domain = outcome.domain().to_owned();
@@ -372,7 +375,7 @@ mod tests {
                 .signatures()
                 .is_empty()
         );
-        let text = String::from_utf8(ctx.message().to_vec()).unwrap();
+        let text = String::from_utf8(ctx.message().unwrap().to_vec()).unwrap();
         assert!(
             text.starts_with("Authentication-Results: mx.test;"),
             "{text}"
@@ -389,7 +392,7 @@ mod tests {
         let signed = key.sign(&message("ceo@strict.example"), "strict.example", "s1");
         let s = session_from("198.51.100.9", "client.example", None);
         let mut ctx = context(s, Some("x@other.example"), &["bob@example.net"], &signed);
-        let dkim = outcome_of(&mut ctx, &r).await;
+        let dkim = outcome_of(&mut ctx, &r).await.unwrap();
         assert!(dkim.passed());
         // The key disappears: only the earlier outcome can make DMARC pass.
         let r2 = resolver(Zone::new().txt("_dmarc.strict.example", "v=DMARC1; p=reject")).await;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mail_auth::AuthenticatedMessage;
+use smtpsrv::BodyError;
 
 use crate::request::StageData;
 
@@ -63,17 +64,36 @@ impl AuthMessage {
     }
 
     /// The parse a layer left in `req`'s extensions, or a new one (then
-    /// left there). `None` before `DATA` and for a message without headers.
+    /// left there). `Ok(None)` before `DATA` and for a message without
+    /// headers.
     ///
     /// The parse is of the message as it was first seen: headers layers
     /// add later (`Received-SPF`) are not part of what the client signed.
-    pub fn of<R: StageData>(req: &mut R) -> Option<AuthMessage> {
+    ///
+    /// mail-auth parses a byte slice, so the whole message is in memory
+    /// while the parse lives (it is shared with the extensions): an
+    /// in-memory body is shared as is; a spilled one is read from its file
+    /// (asynchronously; the body stays spilled for the handler); a
+    /// streaming one is read to its end and becomes an in-memory body
+    /// holding the same bytes, so the handler behind gets it whole. A body
+    /// that fails (too large, client gone) or cannot be read is the error.
+    pub async fn of<R: StageData>(req: &mut R) -> Result<Option<AuthMessage>, BodyError> {
         if let Some(parsed) = req.extension::<AuthMessage>() {
-            return Some(parsed);
+            return Ok(Some(parsed));
         }
-        let parsed = AuthMessage::parse(req.message()?.clone())?;
+        let Some(body) = req.body_mut() else {
+            return Ok(None);
+        };
+        let raw = body.bytes().await?;
+        if body.is_streaming() {
+            // What was read (header fields put on top included), whole.
+            *body = smtpsrv::Body::from(raw.clone());
+        }
+        let Some(parsed) = AuthMessage::parse(raw) else {
+            return Ok(None);
+        };
         req.insert_extension(parsed.clone());
-        Some(parsed)
+        Ok(Some(parsed))
     }
 }
 
@@ -82,25 +102,25 @@ mod tests {
     use super::*;
     use crate::test_support::*;
 
-    #[test]
-    fn parsed_once_and_shared() {
+    #[tokio::test]
+    async fn parsed_once_and_shared() {
         let mut ctx = context(
             session(),
             None,
             &["b@x.example"],
             "From: a@b.example\r\n\r\nhi\r\n",
         );
-        let first = AuthMessage::of(&mut ctx).unwrap();
+        let first = AuthMessage::of(&mut ctx).await.unwrap().unwrap();
         ctx.prepend_header("X-Later: 1\r\n");
-        let second = AuthMessage::of(&mut ctx).unwrap();
+        let second = AuthMessage::of(&mut ctx).await.unwrap().unwrap();
         assert!(Arc::ptr_eq(&first.0, &second.0));
         assert_eq!(second.raw().as_ref(), b"From: a@b.example\r\n\r\nhi\r\n");
         assert_eq!(second.get().from(), "a@b.example");
     }
 
-    #[test]
-    fn no_message_before_data() {
+    #[tokio::test]
+    async fn no_message_before_data() {
         let mut req = mail_from(session(), Some("a@b.example"));
-        assert!(AuthMessage::of(&mut req).is_none());
+        assert!(AuthMessage::of(&mut req).await.unwrap().is_none());
     }
 }

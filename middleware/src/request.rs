@@ -43,10 +43,13 @@ mod tests {
             "Subject: x\r\n\r\nhi\r\n",
         );
         assert!(ctx.prepend_header("X-Test: 1\r\n"));
-        assert_eq!(&ctx.message()[..], b"X-Test: 1\r\nSubject: x\r\n\r\nhi\r\n");
+        assert_eq!(
+            &ctx.message().unwrap()[..],
+            b"X-Test: 1\r\nSubject: x\r\n\r\nhi\r\n"
+        );
         let mut helo = Helo::new(session(), smtpsrv::Greeting::Ehlo("c.example".into()));
         assert!(!helo.prepend_header("X-Test: 1\r\n"));
-        assert!(StageData::message(&helo).is_none());
+        assert!(StageData::body(&helo).is_none());
     }
 
     #[test]

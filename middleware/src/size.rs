@@ -11,7 +11,12 @@
 //! - at `MAIL`, the declared `SIZE` is checked against the largest limit
 //!   any recipient could have;
 //! - at `RCPT`, the declared `SIZE` against this recipient's limit;
-//! - at `DATA`, the actual size against the message's limit.
+//! - at `DATA`, the actual size against the message's limit. The size of a
+//!   spilled body is known without reading it. A streaming body's is known
+//!   only at its end: a declared `SIZE` over the limit is refused at once,
+//!   otherwise the body is capped ([`Body::limit`](smtpsrv::Body::limit)),
+//!   so a handler reading past the limit gets `BodyError::TooLarge`, which
+//!   it passes on with `?` to answer `552 5.3.4`.
 //!
 //! ```
 //! use smtpsrv::{BoxError, Context};
@@ -128,17 +133,26 @@ pub fn too_big(limit: u64) -> Reply {
 
 impl<S> SizeLimit<S> {
     /// The limit `req` breaks, if any.
-    fn exceeded<R: StageData>(&self, req: &R) -> Option<u64> {
+    fn exceeded<R: StageData>(&self, req: &mut R) -> Option<u64> {
         let envelope = req.envelope()?;
         let sender_limit = self.policy.sender_limit(req.session());
-        if let Some(message) = req.message() {
+        if req.body().is_some() {
             let limit = envelope
                 .recipients()
                 .iter()
                 .map(|r| self.policy.recipient_limit(sender_limit, r))
                 .min()
                 .unwrap_or(sender_limit);
-            return (message.len() as u64 > limit).then_some(limit);
+            let declared = envelope.mail_params().size;
+            let body = req.body_mut()?;
+            return match body.len() {
+                Some(len) => (len > limit).then_some(limit),
+                None if declared.is_some_and(|d| d > limit) => Some(limit),
+                None => {
+                    body.limit(limit);
+                    None
+                }
+            };
         }
         let declared = envelope.mail_params().size?;
         let limit = match req.recipient() {
@@ -163,8 +177,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
-        match self.exceeded(&req) {
+    fn call(&mut self, mut req: R) -> Self::Future {
+        match self.exceeded(&mut req) {
             Some(limit) => ResponseFuture::refused(too_big(limit)),
             None => ResponseFuture::called(self.inner.call(req)),
         }

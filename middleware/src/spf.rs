@@ -299,7 +299,7 @@ where
             };
             tracing::debug!(result = %outcome.result(), domain = outcome.domain(), ip = %ip, "SPF checked");
             let refusal = config.refusal(outcome.result());
-            if refusal.is_none() && config.received_spf && req.message().is_some() {
+            if refusal.is_none() && config.received_spf && req.body().is_some() {
                 req.prepend_header(&outcome.received_spf(&config.receiver));
             }
             req.insert_extension(outcome);
@@ -465,7 +465,7 @@ mod tests {
             }));
         svc.oneshot(ctx).await.unwrap();
         let ctx = seen.lock().unwrap().clone().unwrap();
-        let text = String::from_utf8(ctx.message().to_vec()).unwrap();
+        let text = String::from_utf8(ctx.message().unwrap().to_vec()).unwrap();
         assert!(text.starts_with("Received-SPF: pass (mx.test"), "{text}");
         assert!(text.contains("client-ip=192.0.2.1;"), "{text}");
         assert!(text.ends_with("\r\nSubject: hi\r\n\r\nbody\r\n"));

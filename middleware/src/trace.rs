@@ -10,7 +10,8 @@
 //! message id at `data`, the session id before; `peer` the client's IP
 //! address; `from` the reverse-path (`<>` for the null sender) from `mail`
 //! on; `recipients` the number of recipients; `size` the message size at
-//! `data`. Fields a stage does not have are left out. Levels are set per
+//! `data` (absent for a streaming body, whose size is known only at its
+//! end). Fields a stage does not have are left out. Levels are set per
 //! kind of event: calls at `DEBUG`, positive replies and refusals at
 //! `INFO`, failures (errors that are not replies) at `WARN` by default.
 //!
@@ -217,7 +218,8 @@ where
             .envelope()
             .map(|e| e.reverse_path().map_or("<>", |a| a.as_str()));
         let recipients = req.envelope().map(|e| e.recipients().len());
-        let size = req.message().map(|m| m.len());
+        // Unknown (absent) for a streaming body, which is still arriving.
+        let size = req.body().and_then(|b| b.len());
         event_at!(
             self.levels.call,
             stage = %stage,

@@ -131,7 +131,7 @@ async fn layers_accept_and_refuse_over_tcp() {
     assert_eq!(spf.helo(), "client.example.org");
     assert!(ctx.extensions().get::<DkimOutcome>().unwrap().passed());
     assert!(ctx.extensions().get::<DmarcOutcome>().unwrap().passed());
-    let text = String::from_utf8(ctx.message().to_vec()).unwrap();
+    let text = String::from_utf8(ctx.message().unwrap().to_vec()).unwrap();
     let (headers, rest) = text.split_once("DKIM-Signature:").unwrap();
     assert!(
         headers.starts_with("Authentication-Results: mx.test;"),

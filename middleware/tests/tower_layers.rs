@@ -153,7 +153,7 @@ where
         let mut next = inner.clone();
         async move {
             if ctx
-                .message()
+                .message()?
                 .windows(6)
                 .any(|w| w.eq_ignore_ascii_case(b"casino"))
             {
@@ -176,7 +176,7 @@ async fn user_from_fn_middleware_composes_with_ours() {
         .layer(layer_fn(content_filter))
         .layer(SizeLimitLayer::new(1000))
         .service_fn(|ctx: Context| async move {
-            let filtered = ctx.message().starts_with(b"X-Filtered: yes\r\n");
+            let filtered = ctx.message()?.starts_with(b"X-Filtered: yes\r\n");
             Ok::<_, BoxError>(if filtered {
                 Reply::ok()
             } else {

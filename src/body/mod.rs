@@ -12,7 +12,8 @@
 //!   holds a few hundred KiB whatever the message size. The file is removed
 //!   when the last clone of the body is dropped: after the handler returns,
 //!   on panic (unwinding drops it) and on shutdown. Only a killed process
-//!   leaves files behind; they are named `.smtpsrv-*`.
+//!   leaves files behind; they are named `.smtpsrv-<pid>-*`, and the next
+//!   server to start with that directory removes those of dead processes.
 //! - **Streaming** (opt in with [`Builder::streaming`](crate::Builder::streaming)):
 //!   the handler is called when `DATA` (or the first `BDAT`) starts, and the
 //!   body yields chunks as they arrive. The socket is not read faster than
@@ -27,6 +28,13 @@
 //! bodies: they read the file into memory once, on demand (blocking, a
 //! short read from the page cache; prefer `chunks` in hot paths).
 //!
+//! Nothing here panics on any shape. The synchronous whole-message
+//! accessors ([`Body::as_bytes`], `Context::message`, `Context::parse`) are
+//! fallible: on a streaming body they return [`BodyError::NotBuffered`]
+//! (a handler using `?` answers `451`, so a misconfigured server never
+//! acknowledges a message it did not store), and a spilled file that cannot
+//! be read is a [`BodyError::Io`].
+//!
 //! # Which mode to use
 //!
 //! Buffered (the default, with spilling) suits handlers that need the whole
@@ -37,9 +45,14 @@
 //! Streaming suits handlers that store or forward bytes as they come: mail
 //! to object storage, Maildir, archives, scanners that hash. The handler
 //! works while the client sends, and nothing is held but the chunk in
-//! flight. Layers that need the whole message ([`Context::message`](crate::Context::message))
-//! do not work on a streaming body; [`Body::buffer`] turns it into an
-//! in-memory or spilled one first if some do.
+//! flight. Code that needs the whole message ([`Context::message`](crate::Context::message))
+//! gets [`BodyError::NotBuffered`] from a streaming body; [`Body::buffer`]
+//! first turns it into what buffered mode would have produced (in memory
+//! up to the spill threshold, spilled past it). The DKIM and DMARC layers
+//! of `smtpsrv-middleware` read a streaming body to its end themselves
+//! (into memory: mail-auth verifies one byte slice), so they work on a
+//! streaming server, at the cost of streaming for the handler behind them;
+//! the size layer caps a streaming body with [`Body::limit`] instead.
 //!
 //! # Failures never look like the end
 //!
@@ -141,7 +154,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 pub(crate) use channel::{BodySender, channel};
-pub(crate) use spill::Spill;
+pub(crate) use spill::{Spill, remove_stale};
 
 /// Why a message body could not be read to its end. The message was not
 /// accepted: the client gets the same failure reply as without streaming.
@@ -167,6 +180,43 @@ pub enum BodyError {
     /// Reading a spilled body from its temporary file failed.
     #[error("reading the spilled message: {0}")]
     Io(Arc<io::Error>),
+    /// A streaming body asked for whole and synchronously
+    /// ([`Body::as_bytes`], `Context::message`): read it with
+    /// [`Body::chunks`], [`Body::reader`] or [`Body::bytes`], or call
+    /// [`Body::buffer`] first.
+    #[error("a streaming body is not held whole: read it as chunks, or call Body::buffer first")]
+    NotBuffered,
+}
+
+impl BodyError {
+    /// The reply for a message whose body failed this way; also what a
+    /// handler returning the error (`body.bytes().await?`) is answered.
+    pub fn reply(&self) -> crate::Reply {
+        use crate::Reply;
+        match self {
+            BodyError::TooLarge => Reply::new(
+                552,
+                (5, 3, 4),
+                "Message size exceeds fixed maximum message size",
+            ),
+            BodyError::BareLineEnding => Reply::new(
+                550,
+                (5, 5, 2),
+                "Bare CR or LF in message not allowed (RFC 5321 2.3.8)",
+            ),
+            BodyError::Storage => Reply::new(
+                452,
+                (4, 3, 1),
+                "Insufficient system storage, try again later",
+            ),
+            BodyError::Aborted
+            | BodyError::AlreadyTaken
+            | BodyError::Io(_)
+            | BodyError::NotBuffered => {
+                Reply::new(451, (4, 3, 0), "Temporary failure, try again later")
+            }
+        }
+    }
 }
 
 impl From<BodyError> for io::Error {
@@ -188,6 +238,19 @@ pub struct Body {
     content: Content,
     /// A spilled body read into memory by [`Body::as_bytes`].
     loaded: OnceLock<Bytes>,
+    /// Where [`Body::buffer`] puts a streaming body past the threshold.
+    spill: Option<Arc<SpillPolicy>>,
+    /// Most octets a reader gets before [`BodyError::TooLarge`]
+    /// ([`Body::limit`]).
+    limit: Option<u64>,
+}
+
+/// The server's spill settings, carried by a streaming body so that
+/// [`Body::buffer`] keeps memory as bounded as buffered mode does.
+#[derive(Debug)]
+pub(crate) struct SpillPolicy {
+    pub(crate) threshold: usize,
+    pub(crate) dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +279,8 @@ impl From<Bytes> for Body {
             prefix: Bytes::new(),
             content: Content::Memory(bytes),
             loaded: OnceLock::new(),
+            spill: None,
+            limit: None,
         }
     }
 }
@@ -226,6 +291,8 @@ impl Body {
             prefix: Bytes::new(),
             content,
             loaded: OnceLock::new(),
+            spill: None,
+            limit: None,
         }
     }
 
@@ -264,33 +331,34 @@ impl Body {
     }
 
     /// The whole message in memory. An in-memory body is returned as is;
-    /// a spilled one is read from its file (once; the result is kept).
-    ///
-    /// # Panics
-    ///
-    /// On a streaming body, which cannot be had whole without waiting: use
-    /// [`Body::bytes`] or [`Body::buffer`] there. Also when the temporary
-    /// file cannot be read (removed from under the server). Both are bugs,
-    /// not bad input; a panicking handler is answered `451` and the client
-    /// retries, so no mail is lost.
-    pub fn as_bytes(&self) -> &Bytes {
+    /// a spilled one is read from its file (once, blocking; the result is
+    /// kept). Never panics: a streaming body, which cannot be had whole
+    /// without waiting, is [`BodyError::NotBuffered`] (use [`Body::bytes`],
+    /// or [`Body::buffer`] first), and an unreadable file is
+    /// [`BodyError::Io`].
+    pub fn as_bytes(&self) -> Result<&Bytes, BodyError> {
+        if self.over_limit() {
+            return Err(BodyError::TooLarge);
+        }
         match &self.content {
-            Content::Memory(b) => b,
-            Content::Spilled(file) => self.loaded.get_or_init(|| {
-                let content = std::fs::read(&file.path)
-                    .unwrap_or_else(|e| panic!("reading the spilled message: {e}"));
-                concat(&self.prefix, &content)
-            }),
-            Content::Streaming(_) => panic!(
-                "a streaming body cannot be read whole synchronously: read Body::chunks or \
-                 Body::reader, or call Body::buffer first"
-            ),
+            Content::Memory(b) => Ok(b),
+            Content::Spilled(file) => {
+                if let Some(loaded) = self.loaded.get() {
+                    return Ok(loaded);
+                }
+                let content = std::fs::read(&file.path).map_err(io_error)?;
+                Ok(self.loaded.get_or_init(|| concat(&self.prefix, &content)))
+            }
+            Content::Streaming(_) => Err(BodyError::NotBuffered),
         }
     }
 
     /// The whole message in memory, without blocking: reads a spilled file
     /// asynchronously and collects a streaming body.
     pub async fn bytes(&self) -> Result<Bytes, BodyError> {
+        if self.over_limit() {
+            return Err(BodyError::TooLarge);
+        }
         if let Some(b) = self.in_memory() {
             return Ok(b.clone());
         }
@@ -302,15 +370,55 @@ impl Body {
         Ok(out.freeze())
     }
 
-    /// Reads a streaming body to its end and keeps it in memory, so that
-    /// [`Body::as_bytes`] (and `Context::message`/`parse`) work; other bodies
-    /// are left as they are. The memory is not counted by the server's
-    /// budget: only for messages known to be small.
+    /// Reads a streaming body to its end and keeps it as buffered mode
+    /// would have: in memory up to the server's spill threshold, in a
+    /// temporary file past it, so that [`Body::as_bytes`] (and
+    /// `Context::message`/`parse`) work. Other bodies are left as they are.
+    /// The size is bounded by the server's size limit (the body fails with
+    /// [`BodyError::TooLarge`] past it). A body made with
+    /// `Context::with_body` outside a server has no spill settings and is
+    /// collected in memory.
     pub async fn buffer(&mut self) -> Result<(), BodyError> {
-        if self.is_streaming() {
-            *self = Body::from(self.bytes().await?);
+        if !self.is_streaming() {
+            return Ok(());
         }
+        let policy = self.spill.clone();
+        let mut held = BytesMut::new();
+        let mut spill: Option<Spill> = None;
+        let mut chunks = self.chunks();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
+            let chunk = chunk?;
+            if let Some(file) = &mut spill {
+                file.write(&chunk).await.map_err(io_error)?;
+                continue;
+            }
+            held.extend_from_slice(&chunk);
+            if let Some(policy) = policy.as_deref().filter(|p| held.len() > p.threshold) {
+                let mut file = Spill::create(&policy.dir).map_err(io_error)?;
+                file.write(&held).await.map_err(io_error)?;
+                held = BytesMut::new();
+                spill = Some(file);
+            }
+        }
+        *self = match spill {
+            Some(file) => file.finish().await.map_err(io_error)?,
+            None => Body::from(held.freeze()),
+        };
         Ok(())
+    }
+
+    /// Caps the body at `max` octets (header fields put on top included): a
+    /// reader going past it gets [`BodyError::TooLarge`], which a handler
+    /// passing it on is answered `552 5.3.4` for. For a streaming body,
+    /// whose size is known only at its end (per-policy size limits below
+    /// the server's, as `smtpsrv-middleware`'s size layer sets); a body of
+    /// known size can be compared with [`Body::len`] instead.
+    pub fn limit(&mut self, max: u64) {
+        self.limit = Some(self.limit.map_or(max, |old| old.min(max)));
+    }
+
+    fn over_limit(&self) -> bool {
+        matches!((self.limit, self.len()), (Some(max), Some(len)) if len > max)
     }
 
     /// Puts `field` (one or more complete header fields, each ending in
@@ -340,6 +448,7 @@ impl Body {
                 return Chunks {
                     prefix: None,
                     source: Source::Memory(self.loaded.get().cloned()),
+                    remaining: self.limit,
                 };
             }
             Content::Spilled(file) => match std::fs::File::open(&file.path) {
@@ -347,14 +456,18 @@ impl Body {
                     _keep: file.clone(),
                     stream: ReaderStream::with_capacity(tokio::fs::File::from_std(f), CHUNK),
                 },
-                Err(e) => Source::Failed(Some(BodyError::Io(Arc::new(e)))),
+                Err(e) => Source::Failed(Some(io_error(e))),
             },
             Content::Streaming(shared) => match shared.lock().map(|mut g| g.take()) {
                 Ok(Some(rx)) => Source::Stream(rx),
                 _ => Source::Failed(Some(BodyError::AlreadyTaken)),
             },
         };
-        Chunks { prefix, source }
+        Chunks {
+            prefix,
+            source,
+            remaining: self.limit,
+        }
     }
 
     /// The body as an [`AsyncRead`] (and [`AsyncBufRead`]); a failed
@@ -371,10 +484,21 @@ impl Body {
     pub(crate) fn streaming(rx: channel::BodyReceiver) -> Self {
         Body::with_content(Content::Streaming(Arc::new(Mutex::new(Some(rx)))))
     }
+
+    /// Gives a streaming body the server's spill settings (for
+    /// [`Body::buffer`]).
+    pub(crate) fn with_spill_policy(mut self, policy: Arc<SpillPolicy>) -> Self {
+        self.spill = Some(policy);
+        self
+    }
 }
 
 /// Chunks read from a spilled file.
 const CHUNK: usize = 64 * 1024;
+
+fn io_error(e: io::Error) -> BodyError {
+    BodyError::Io(Arc::new(e))
+}
 
 fn concat(a: &[u8], b: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(a.len() + b.len());
@@ -387,6 +511,8 @@ fn concat(a: &[u8], b: &[u8]) -> Bytes {
 pub struct Chunks {
     prefix: Option<Bytes>,
     source: Source,
+    /// Octets left under [`Body::limit`].
+    remaining: Option<u64>,
 }
 
 enum Source {
@@ -411,14 +537,31 @@ impl Stream for Chunks {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(prefix)));
+        let next = match this.prefix.take() {
+            Some(prefix) => Poll::Ready(Some(Ok(prefix))),
+            None => this.source.poll_next(cx),
+        };
+        match (next, &mut this.remaining) {
+            (Poll::Ready(Some(Ok(chunk))), Some(remaining)) => {
+                if chunk.len() as u64 > *remaining {
+                    this.source = Source::Failed(None);
+                    return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                }
+                *remaining -= chunk.len() as u64;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            (next, _) => next,
         }
-        match &mut this.source {
+    }
+}
+
+impl Source {
+    fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        match self {
             Source::Memory(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(Ok)),
             Source::File { stream, .. } => Pin::new(stream)
                 .poll_next(cx)
-                .map(|r| r.map(|r| r.map_err(|e| BodyError::Io(Arc::new(e))))),
+                .map(|r| r.map(|r| r.map_err(io_error))),
             Source::Stream(rx) => rx.poll_chunk(cx),
             Source::Failed(e) => Poll::Ready(e.take().map(Err)),
         }

@@ -151,7 +151,8 @@ impl Conn {
                 self.perform(next);
             }
             Action::Deliver(ctx) => {
-                self.events.push(Event::Message(ctx.message().to_vec()));
+                self.events
+                    .push(Event::Message(ctx.message().unwrap().to_vec()));
                 let n = ctx.recipients().len();
                 for r in self.session.delivered(Delivery::All(Reply::ok()), n) {
                     self.reply(&r);

@@ -497,7 +497,7 @@ fn completed_message_is_delivered_with_every_recipient() {
         .map(|r| r.address().as_str())
         .collect();
     assert_eq!(rcpts, ["d@e.f", "g@h.i"]);
-    assert_eq!(&ctx.message()[..], b"Subject: x\r\n\r\nhi\r\n");
+    assert_eq!(&ctx.message().unwrap()[..], b"Subject: x\r\n\r\nhi\r\n");
     assert_eq!(ctx.helo_name(), Some("x"));
     assert_eq!(s.delivered(Delivery::All(Reply::ok()), 2)[0].code(), 250);
     // 12: a new transaction needs no RSET.

@@ -340,7 +340,7 @@ where
             Some(ns) => format!("{ns}/{key}"),
             None => key,
         };
-        let cost = match (config.cost_per_recipient, req.message(), req.envelope()) {
+        let cost = match (config.cost_per_recipient, req.body(), req.envelope()) {
             (true, Some(_), Some(env)) => u32::try_from(env.recipients().len())
                 .unwrap_or(u32::MAX)
                 .max(1),
