@@ -78,6 +78,36 @@ impl Query {
         self
     }
 
+    /// The whole query as one FTS5 expression, when it is made of words
+    /// only (no flag such as `is:read`) and at least one is not negated:
+    /// `((a) AND (b)) NOT (c)`. `None`: use [`Query::to_sql`].
+    pub fn fts_only(&self) -> Option<String> {
+        let mut positive: Option<String> = None;
+        let mut negative = Vec::new();
+        for t in &self.terms {
+            match t {
+                Term::Text {
+                    fts,
+                    negated: false,
+                } => {
+                    positive = Some(match positive {
+                        None => format!("({fts})"),
+                        Some(p) => format!("({p} AND ({fts}))"),
+                    });
+                }
+                Term::Text { fts, negated: true } => negative.push(fts),
+                // Negated "nothing" matches everything: no constraint.
+                Term::Nothing { negated: true } => {}
+                Term::Nothing { negated: false } | Term::Flag { .. } => return None,
+            }
+        }
+        let mut expression = positive?;
+        for n in negative {
+            expression = format!("({expression} NOT ({n}))");
+        }
+        Some(expression)
+    }
+
     /// A SQL condition on table `messages` and its arguments.
     pub fn to_sql(&self) -> (String, Vec<Value>) {
         let mut parts = Vec::new();
@@ -204,6 +234,22 @@ mod tests {
                 Value::Text("from_addr : \"bob example com\"*".into()),
                 Value::Text("subject : \"Your invoice\"*".into())
             ]
+        );
+    }
+
+    #[test]
+    fn words_only_become_one_fts_expression() {
+        let q = Query::parse("from:bob invoice -draft").unwrap();
+        assert_eq!(
+            q.fts_only().unwrap(),
+            "(((from_addr : \"bob\"*) AND (\"invoice\"*)) NOT (\"draft\"*))"
+        );
+        assert_eq!(Query::parse("invoice -is:read").unwrap().fts_only(), None);
+        assert_eq!(Query::parse("-invoice").unwrap().fts_only(), None);
+        assert_eq!(Query::parse("invoice @@@").unwrap().fts_only(), None);
+        assert_eq!(
+            Query::parse("invoice -@@@").unwrap().fts_only().unwrap(),
+            "(\"invoice\"*)"
         );
     }
 
