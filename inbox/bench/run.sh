@@ -20,8 +20,8 @@ lat() { # lat URL COUNT -> "p50 p99" in ms over one keep-alive connection
 import sys, time, http.client, urllib.parse
 u = urllib.parse.urlsplit(sys.argv[1]); c = http.client.HTTPConnection(u.hostname, u.port)
 path = u.path + ("?" + u.query if u.query else ""); ts = []
-for _ in range(int(sys.argv[2])):
-    t = time.perf_counter(); c.request("GET", path); r = c.getresponse(); r.read(); ts.append((time.perf_counter() - t) * 1000)
+for _ in range(int(sys.argv[2])):  # "{n}" in the URL: the request's number
+    t = time.perf_counter(); c.request("GET", path.replace("{n}", str(_))); r = c.getresponse(); r.read(); ts.append((time.perf_counter() - t) * 1000)
     assert r.status == 200, r.status
 ts.sort(); print(f"p50 {ts[len(ts)//2]:.2f} ms, p99 {ts[int(len(ts)*0.99)-1]:.2f} ms")
 PY
@@ -68,6 +68,10 @@ for at in 10000 "$FILL"; do
   log "  search subject:needle (1 match)         $(lat 'http://127.0.0.1:28025/api/v1/search?query=subject:needle' 500)"
   log "  search from:a@example.com (all match)   $(lat 'http://127.0.0.1:28025/api/v1/search?query=from:a@example.com' 200)"
   log "  search example (all match, any field)   $(lat 'http://127.0.0.1:28025/api/v1/search?query=example' 200)"
+  # A different query each time (a negated word that matches nothing):
+  # never answered from the per-snapshot cache, one full pass each.
+  log "  search from:a@example.com -zzN (uncached) $(lat 'http://127.0.0.1:28025/api/v1/search?query=from:a@example.com+-zz{n}' 100)"
+  log "  search example -zzN (uncached)          $(lat 'http://127.0.0.1:28025/api/v1/search?query=example+-zz{n}' 100)"
   log "  search is:unread (flag, SQL path)       $(lat 'http://127.0.0.1:28025/api/v1/search?query=is:unread' 100)"
 done
 kill -TERM $ib; wait $ib 2>/dev/null || true

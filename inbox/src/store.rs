@@ -7,6 +7,19 @@
 //! load one `COMMIT` covers hundreds of messages — and no `SQLITE_BUSY`.
 //! A message's sender is answered only after the commit that holds it, so
 //! `250` is never sent for a message that is not stored and searchable.
+//!
+//! Durability, the trade-off of a test inbox (Mailpit, too, favours speed):
+//! WAL with `synchronous = NORMAL`, so a commit is written to the WAL but
+//! not `fsync`ed. An acknowledged message survives the inbox crashing or
+//! being killed (the bytes are in the kernel), but a power loss or kernel
+//! crash can lose the commits made since the last checkpoint. Checkpoints
+//! (which do `fsync`) run on their own thread so that the writer never
+//! waits for one.
+//!
+//! The totals live in a one-row `counts` table updated in the same
+//! transaction as every change, so `total`/`unread` never need a
+//! `count(*)` over 100,000 rows, and a search reads them from its own
+//! snapshot.
 
 use std::{
     path::{Path, PathBuf},
