@@ -3,7 +3,8 @@
 //! Words and `"quoted phrases"` match anywhere (subject, addresses, message
 //! ID, text body); `from:`, `to:`, `cc:`, `bcc:`, `subject:` and
 //! `message-id:` narrow a term to one field; `is:read`, `is:unread` and
-//! `has:attachment` filter; a leading `-` or `!` negates any term. Terms are
+//! `has:attachment` filter (`is:tagged` and `tag:NAME` match nothing: no
+//! message has tags); a leading `-` or `!` negates any term. Terms are
 //! ANDed. Matching is by word prefix (FTS5 `unicode61` tokens), so
 //! `from:example.com` matches `bob@example.com` and `subj` matches
 //! `subject`, but a fragment inside a word does not match (Mailpit's
@@ -156,6 +157,10 @@ fn term(word: &str, negated: bool) -> Term {
                 negated,
             };
         }
+        // No message has tags (tags are not implemented): Mailpit's
+        // `is:tagged` and `tag:NAME` match nothing, negated everything.
+        "is:tagged" => return Term::Nothing { negated },
+        _ if lower.starts_with("tag:") => return Term::Nothing { negated },
         _ => {}
     }
     let fields = [
@@ -249,6 +254,19 @@ mod tests {
         assert_eq!(Query::parse("invoice @@@").unwrap().fts_only(), None);
         assert_eq!(
             Query::parse("invoice -@@@").unwrap().fts_only().unwrap(),
+            "(\"invoice\"*)"
+        );
+    }
+
+    #[test]
+    fn tags_match_nothing_because_there_are_none() {
+        assert_eq!(Query::parse("tag:urgent").unwrap().to_sql().0, "0");
+        assert_eq!(Query::parse("is:tagged").unwrap().to_sql().0, "0");
+        assert_eq!(
+            Query::parse("invoice -tag:urgent")
+                .unwrap()
+                .fts_only()
+                .unwrap(),
             "(\"invoice\"*)"
         );
     }
