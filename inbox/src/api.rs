@@ -175,25 +175,17 @@ async fn search(
 ) -> ApiResult<Json<MessagesSummary>> {
     let p = paging(q)?;
     let query = parse_search(&p)?;
-    let (messages, matching) = s.store.search(query.clone(), p.start, p.limit).await?;
-    let unread_matching = {
-        // Counting the unread among the matches is a second cheap query.
-        let unread = match Search::parse("is:unread") {
-            Ok(flag) => query.and(flag),
-            Err(_) => query,
-        };
-        s.store.search(unread, 0, 0).await?.1
-    };
+    let page = s.store.search(query, p.start, p.limit).await?;
     let (total, unread) = s.store.stats();
     Ok(Json(MessagesSummary {
         total,
         unread,
-        count: messages.len() as u64,
-        messages_count: matching,
-        messages_unread: unread_matching,
+        count: page.messages.len() as u64,
+        messages_count: page.matching,
+        messages_unread: page.unread,
         start: p.start,
         tags: Vec::new(),
-        messages,
+        messages: page.messages,
     }))
 }
 

@@ -3,7 +3,8 @@
 //! Words and `"quoted phrases"` match anywhere (subject, addresses, message
 //! ID, text body); `from:`, `to:`, `cc:`, `bcc:`, `subject:` and
 //! `message-id:` narrow a term to one field; `is:read`, `is:unread` and
-//! `has:attachment` filter; a leading `-` or `!` negates any term. Terms are
+//! `has:attachment` filter (`is:tagged` and `tag:NAME` match nothing: no
+//! message has tags); a leading `-` or `!` negates any term. Terms are
 //! ANDed. Matching is by word prefix (FTS5 `unicode61` tokens), so
 //! `from:example.com` matches `bob@example.com` and `subj` matches
 //! `subject`, but a fragment inside a word does not match (Mailpit's
@@ -78,6 +79,36 @@ impl Query {
         self
     }
 
+    /// The whole query as one FTS5 expression, when it is made of words
+    /// only (no flag such as `is:read`) and at least one is not negated:
+    /// `((a) AND (b)) NOT (c)`. `None`: use [`Query::to_sql`].
+    pub fn fts_only(&self) -> Option<String> {
+        let mut positive: Option<String> = None;
+        let mut negative = Vec::new();
+        for t in &self.terms {
+            match t {
+                Term::Text {
+                    fts,
+                    negated: false,
+                } => {
+                    positive = Some(match positive {
+                        None => format!("({fts})"),
+                        Some(p) => format!("({p} AND ({fts}))"),
+                    });
+                }
+                Term::Text { fts, negated: true } => negative.push(fts),
+                // Negated "nothing" matches everything: no constraint.
+                Term::Nothing { negated: true } => {}
+                Term::Nothing { negated: false } | Term::Flag { .. } => return None,
+            }
+        }
+        let mut expression = positive?;
+        for n in negative {
+            expression = format!("({expression} NOT ({n}))");
+        }
+        Some(expression)
+    }
+
     /// A SQL condition on table `messages` and its arguments.
     pub fn to_sql(&self) -> (String, Vec<Value>) {
         let mut parts = Vec::new();
@@ -126,6 +157,10 @@ fn term(word: &str, negated: bool) -> Term {
                 negated,
             };
         }
+        // No message has tags (tags are not implemented): Mailpit's
+        // `is:tagged` and `tag:NAME` match nothing, negated everything.
+        "is:tagged" => return Term::Nothing { negated },
+        _ if lower.starts_with("tag:") => return Term::Nothing { negated },
         _ => {}
     }
     let fields = [
@@ -204,6 +239,35 @@ mod tests {
                 Value::Text("from_addr : \"bob example com\"*".into()),
                 Value::Text("subject : \"Your invoice\"*".into())
             ]
+        );
+    }
+
+    #[test]
+    fn words_only_become_one_fts_expression() {
+        let q = Query::parse("from:bob invoice -draft").unwrap();
+        assert_eq!(
+            q.fts_only().unwrap(),
+            "(((from_addr : \"bob\"*) AND (\"invoice\"*)) NOT (\"draft\"*))"
+        );
+        assert_eq!(Query::parse("invoice -is:read").unwrap().fts_only(), None);
+        assert_eq!(Query::parse("-invoice").unwrap().fts_only(), None);
+        assert_eq!(Query::parse("invoice @@@").unwrap().fts_only(), None);
+        assert_eq!(
+            Query::parse("invoice -@@@").unwrap().fts_only().unwrap(),
+            "(\"invoice\"*)"
+        );
+    }
+
+    #[test]
+    fn tags_match_nothing_because_there_are_none() {
+        assert_eq!(Query::parse("tag:urgent").unwrap().to_sql().0, "0");
+        assert_eq!(Query::parse("is:tagged").unwrap().to_sql().0, "0");
+        assert_eq!(
+            Query::parse("invoice -tag:urgent")
+                .unwrap()
+                .fts_only()
+                .unwrap(),
+            "(\"invoice\"*)"
         );
     }
 

@@ -7,12 +7,25 @@
 //! load one `COMMIT` covers hundreds of messages — and no `SQLITE_BUSY`.
 //! A message's sender is answered only after the commit that holds it, so
 //! `250` is never sent for a message that is not stored and searchable.
+//!
+//! Durability, the trade-off of a test inbox (Mailpit, too, favours speed):
+//! WAL with `synchronous = NORMAL`, so a commit is written to the WAL but
+//! not `fsync`ed. An acknowledged message survives the inbox crashing or
+//! being killed (the bytes are in the kernel), but a power loss or kernel
+//! crash can lose the commits made since the last checkpoint. Checkpoints
+//! (which do `fsync`) run on their own thread so that the writer never
+//! waits for one.
+//!
+//! The totals live in a one-row `counts` table updated in the same
+//! transaction as every change, so `total`/`unread` never need a
+//! `count(*)` over 100,000 rows, and a search reads them from its own
+//! snapshot.
 
 use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::Duration,
@@ -176,10 +189,7 @@ impl Stats {
 }
 
 enum Write {
-    Insert(
-        Box<NewMessage>,
-        oneshot::Sender<Result<Summary, StoreError>>,
-    ),
+    Insert(Box<Row>, oneshot::Sender<Result<(), StoreError>>),
     SetRead(Selection, bool, oneshot::Sender<Result<usize, StoreError>>),
     Delete(Selection, oneshot::Sender<Result<usize, StoreError>>),
     /// Commit what came before, then stop.
@@ -199,6 +209,7 @@ struct Inner {
     stats: Arc<Stats>,
     events: broadcast::Sender<Event>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
+    search_cache: Arc<SearchCache>,
     /// Keeps a temporary database's directory until the store is dropped.
     _temp: Option<tempfile::TempDir>,
 }
@@ -220,8 +231,18 @@ impl Store {
         };
         let conn = Connection::open(&path)?;
         init_schema(&conn)?;
+        // Checkpoints run on their own thread (see `checkpointer`).
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
         let stats = Arc::new(Stats::default());
-        refresh_stats(&conn, &stats)?;
+        let (total, unread) = load_counts(&conn, &stats)?;
+        let checkpoints = Connection::open(&path)?;
+        let (checkpoint, wake) = std::sync::mpsc::sync_channel(1);
+        let wal_long = Arc::new(AtomicBool::new(false));
+        let long = wal_long.clone();
+        thread::Builder::new()
+            .name("inbox-checkpoint".into())
+            .spawn(move || checkpointer(checkpoints, wake, long))
+            .map_err(|e| StoreError(format!("checkpoint thread: {e}")))?;
         let (events, _) = broadcast::channel(1024);
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH);
         let writer = Writer {
@@ -229,6 +250,10 @@ impl Store {
             max,
             stats: stats.clone(),
             events: events.clone(),
+            checkpoint,
+            wal_long,
+            total,
+            unread,
         };
         let handle = thread::Builder::new()
             .name("inbox-writer".into())
@@ -242,6 +267,7 @@ impl Store {
                 stats,
                 events,
                 writer: Mutex::new(Some(handle)),
+                search_cache: Arc::default(),
                 _temp: temp,
             }),
         })
@@ -263,10 +289,21 @@ impl Store {
     }
 
     /// Stores a message; resolves once it is committed (and indexed).
+    ///
+    /// Everything but the SQL (the ID, the JSON columns, the index text,
+    /// the summary) is prepared here, on the caller's task, so that the one
+    /// writer thread does nothing but write.
     pub async fn insert(&self, message: NewMessage) -> Result<Summary, StoreError> {
+        let row = Row::new(message);
+        let summary = row.summary();
         let (tx, rx) = oneshot::channel();
-        self.write(Write::Insert(Box::new(message), tx)).await?;
-        rx.await.map_err(|_| stopped())?
+        self.write(Write::Insert(Box::new(row), tx)).await?;
+        rx.await.map_err(|_| stopped())??;
+        let _ = self
+            .inner
+            .events
+            .send(Event::New(Box::new(summary.clone())));
+        Ok(summary)
     }
 
     /// Marks messages read or unread; returns how many changed.
@@ -299,27 +336,28 @@ impl Store {
         .await
     }
 
-    /// Messages matching `query`, newest first, and how many match in all.
+    /// Messages matching `query`, newest first (skipping `start`, at most
+    /// `limit`), with how many match in all and how many of those are unread.
+    ///
+    /// Everything is read in one snapshot. A query made of words only (the
+    /// usual case) evaluates the FTS5 index once: the matching rowids come
+    /// back in order, their number is the count and the page is a slice of
+    /// them, so a search matching all 100,000 messages costs one pass over
+    /// the index, not one for the page and one for each count.
     pub async fn search(
         &self,
         query: Query,
         start: u64,
         limit: u64,
-    ) -> Result<(Vec<Summary>, u64), StoreError> {
+    ) -> Result<SearchPage, StoreError> {
+        let cache = self.inner.search_cache.clone();
         self.read(move |c| {
-            let (filter, args) = query.to_sql();
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {SUMMARY} FROM messages WHERE {filter} ORDER BY id DESC LIMIT ? OFFSET ?"
-            ))?;
-            let mut all: Vec<rusqlite::types::Value> = args.clone();
-            all.push(clamp(limit).into());
-            all.push(clamp(start).into());
-            let rows = st.query_map(params_from_iter(all), summary_row)?;
-            let messages = rows.collect::<Result<Vec<_>, _>>()?;
-            let count: i64 = c
-                .prepare_cached(&format!("SELECT count(*) FROM messages WHERE {filter}"))?
-                .query_row(params_from_iter(args), |r| r.get(0))?;
-            Ok((messages, count as u64))
+            let tx = c.unchecked_transaction()?;
+            let page = match query.fts_only() {
+                Some(expression) => search_fts(&tx, &cache, &expression, start, limit)?,
+                None => search_sql(&tx, &query, start, limit)?,
+            };
+            Ok(page)
         })
         .await
     }
@@ -406,6 +444,188 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A page of search results and the counts over all matches.
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    /// The page, newest first.
+    pub messages: Vec<Summary>,
+    /// How many messages match (Mailpit's `messages_count`).
+    pub matching: u64,
+    /// How many matching messages are unread (Mailpit's `messages_unread`).
+    pub unread: u64,
+}
+
+/// The matches of the last few word-only searches, each valid for the
+/// snapshot (`counts.generation`) it was computed in: a UI or a CI helper
+/// that asks the same question again before anything changed gets the page
+/// without another pass over the index. Any commit makes them stale.
+#[derive(Default)]
+struct SearchCache {
+    entries: Mutex<Vec<Cached>>,
+}
+
+struct Cached {
+    expression: String,
+    generation: i64,
+    ids: Arc<Vec<i64>>,
+    unread: u64,
+}
+
+/// Entries kept (each holds the rowids of its matches: 8 bytes a match).
+const SEARCH_CACHE_ENTRIES: usize = 4;
+
+impl SearchCache {
+    fn get(&self, expression: &str, generation: i64) -> Option<(Arc<Vec<i64>>, u64)> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .iter()
+            .find(|e| e.generation == generation && e.expression == expression)
+            .map(|e| (e.ids.clone(), e.unread))
+    }
+
+    fn put(&self, entry: Cached) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries
+                .retain(|e| e.generation == entry.generation && e.expression != entry.expression);
+            if entries.len() >= SEARCH_CACHE_ENTRIES {
+                entries.remove(0);
+            }
+            entries.push(entry);
+        }
+    }
+}
+
+fn search_fts(
+    c: &Connection,
+    cache: &SearchCache,
+    expression: &str,
+    start: u64,
+    limit: u64,
+) -> Result<SearchPage, StoreError> {
+    let (total, unread, generation): (i64, i64, i64) =
+        c.query_row("SELECT total, unread, generation FROM counts", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let (ids, unread_matching) = match cache.get(expression, generation) {
+        Some(hit) => hit,
+        None => {
+            let (ids, unread_matching) = fts_matches(c, expression, total, unread)?;
+            let ids = Arc::new(ids);
+            cache.put(Cached {
+                expression: expression.to_owned(),
+                generation,
+                ids: ids.clone(),
+                unread: unread_matching,
+            });
+            (ids, unread_matching)
+        }
+    };
+    let matching = ids.len() as u64;
+    let n = ids.len();
+    let end = n.saturating_sub(usize::try_from(start).unwrap_or(usize::MAX));
+    let begin = end.saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+    let messages = if begin == end {
+        Vec::new()
+    } else {
+        // Integers only: the list is SQL we write, not user text.
+        let list = ids[begin..end]
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut st = c.prepare(&format!(
+            "SELECT {SUMMARY} FROM messages WHERE id IN ({list}) ORDER BY id DESC"
+        ))?;
+        st.query_map([], summary_row)?
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(SearchPage {
+        messages,
+        matching,
+        unread: unread_matching,
+    })
+}
+
+/// One pass over the index: the matching rowids in order, and how many of
+/// them are unread.
+fn fts_matches(
+    c: &Connection,
+    expression: &str,
+    total: i64,
+    unread: i64,
+) -> Result<(Vec<i64>, u64), StoreError> {
+    let mut ids: Vec<i64> = c
+        .prepare_cached("SELECT rowid FROM fts WHERE fts MATCH ?1")?
+        .query_map([expression], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    let matching = ids.len() as u64;
+    // Unread among the matches: nothing to look up when all or none are
+    // unread; otherwise intersect with the smaller of the read and unread
+    // sets (each a partial index, so a compact scan of rowids).
+    let unread_matching = if unread == 0 {
+        0
+    } else if unread == total {
+        matching
+    } else if total - unread <= unread {
+        matching - intersect(&ids, &flag_ids(c, 1)?)
+    } else {
+        intersect(&ids, &flag_ids(c, 0)?)
+    };
+    Ok((ids, unread_matching))
+}
+
+/// Rowids of the messages whose read flag is `read`, in order.
+fn flag_ids(c: &Connection, read: i64) -> Result<Vec<i64>, StoreError> {
+    let sql = if read == 0 {
+        "SELECT id FROM messages INDEXED BY messages_unread WHERE read = 0 ORDER BY id"
+    } else {
+        "SELECT id FROM messages INDEXED BY messages_read WHERE read = 1 ORDER BY id"
+    };
+    Ok(c.prepare_cached(sql)?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// How many values two sorted lists share.
+fn intersect(a: &[i64], b: &[i64]) -> u64 {
+    let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    small
+        .iter()
+        .filter(|x| large.binary_search(x).is_ok())
+        .count() as u64
+}
+
+/// Queries with flags (`is:read`, `has:attachment`) or only negated
+/// words: filtered in SQL over `messages`.
+fn search_sql(
+    c: &Connection,
+    query: &Query,
+    start: u64,
+    limit: u64,
+) -> Result<SearchPage, StoreError> {
+    let (filter, args) = query.to_sql();
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {SUMMARY} FROM messages WHERE {filter} ORDER BY id DESC LIMIT ? OFFSET ?"
+    ))?;
+    let mut all: Vec<rusqlite::types::Value> = args.clone();
+    all.push(clamp(limit).into());
+    all.push(clamp(start).into());
+    let messages = st
+        .query_map(params_from_iter(all), summary_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let (matching, unread): (i64, f64) = c
+        .prepare_cached(&format!(
+            "SELECT count(*), total(read = 0) FROM messages WHERE {filter}"
+        ))?
+        .query_row(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(SearchPage {
+        messages,
+        matching: matching as u64,
+        unread: unread as u64,
+    })
+}
+
 const SUMMARY: &str = "uid, message_id, read, from_json, to_json, cc_json, bcc_json, reply_to_json, \
                        subject, created, size, attachments, snippet";
 
@@ -437,6 +657,7 @@ fn init_schema(c: &Connection) -> Result<(), StoreError> {
     c.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
+         PRAGMA journal_size_limit = 67108864;
          CREATE TABLE IF NOT EXISTS messages (
              id INTEGER PRIMARY KEY AUTOINCREMENT,
              uid TEXT NOT NULL UNIQUE,
@@ -455,11 +676,25 @@ fn init_schema(c: &Connection) -> Result<(), StoreError> {
              read INTEGER NOT NULL DEFAULT 0
          );
          CREATE INDEX IF NOT EXISTS messages_unread ON messages(read) WHERE read = 0;
+         CREATE INDEX IF NOT EXISTS messages_read ON messages(read) WHERE read = 1;
          CREATE TABLE IF NOT EXISTS raw (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
          CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
              subject, from_addr, to_addr, cc_addr, bcc_addr, message_id, body,
              content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2'
-         );",
+         );
+         -- The totals, kept by the writer in the same transaction as the
+         -- change, so that a reader sees them in its snapshot without
+         -- counting 100,000 rows.
+         CREATE TABLE IF NOT EXISTS counts (
+             one INTEGER PRIMARY KEY CHECK (one = 1),
+             total INTEGER NOT NULL,
+             unread INTEGER NOT NULL,
+             -- One more at every commit: what a cached search result was
+             -- computed from (see `SearchCache`).
+             generation INTEGER NOT NULL
+         );
+         INSERT OR REPLACE INTO counts (one, total, unread, generation)
+             SELECT 1, count(*), count(*) FILTER (WHERE read = 0), 0 FROM messages;",
     )?;
     Ok(())
 }
@@ -473,14 +708,74 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
-fn refresh_stats(c: &Connection, stats: &Stats) -> Result<(), StoreError> {
-    let total: i64 = c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
-    let unread: i64 = c.query_row("SELECT count(*) FROM messages WHERE read = 0", [], |r| {
-        r.get(0)
+/// Reads the totals from the `counts` table into `stats`; returns them.
+fn load_counts(c: &Connection, stats: &Stats) -> Result<(i64, i64), StoreError> {
+    let (total, unread): (i64, i64) = c.query_row("SELECT total, unread FROM counts", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
     })?;
     stats.total.store(total as u64, Ordering::Relaxed);
     stats.unread.store(unread as u64, Ordering::Relaxed);
-    Ok(())
+    Ok((total, unread))
+}
+
+/// A message as the writer inserts it: every column computed beforehand.
+struct Row {
+    uid: String,
+    message: NewMessage,
+    from_json: String,
+    to_json: String,
+    cc_json: String,
+    bcc_json: String,
+    reply_to_json: String,
+    from_words: String,
+    to_words: String,
+    cc_words: String,
+    bcc_words: String,
+}
+
+impl Row {
+    fn new(message: NewMessage) -> Row {
+        let json = |a: &Vec<Address>| serde_json::to_string(a).unwrap_or_else(|_| "[]".into());
+        let words = |a: &[Address]| {
+            a.iter()
+                .map(|a| format!("{} {}", a.name, a.address))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        Row {
+            uid: crate::id::new_id(),
+            from_json: serde_json::to_string(&message.from).unwrap_or_else(|_| "null".into()),
+            to_json: json(&message.to),
+            cc_json: json(&message.cc),
+            bcc_json: json(&message.bcc),
+            reply_to_json: json(&message.reply_to),
+            from_words: words(message.from.as_slice()),
+            to_words: words(&message.to),
+            cc_words: words(&message.cc),
+            bcc_words: words(&message.bcc),
+            message,
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let m = &self.message;
+        Summary {
+            id: self.uid.clone(),
+            message_id: m.message_id.clone(),
+            read: false,
+            from: m.from.clone(),
+            to: m.to.clone(),
+            cc: m.cc.clone(),
+            bcc: m.bcc.clone(),
+            reply_to: m.reply_to.clone(),
+            subject: m.subject.clone(),
+            created: crate::time::rfc3339_ms(m.created_ms),
+            tags: Vec::new(),
+            size: m.raw.len() as u64,
+            attachments: m.attachments,
+            snippet: m.snippet.clone(),
+        }
+    }
 }
 
 struct Writer {
@@ -488,18 +783,39 @@ struct Writer {
     max: usize,
     stats: Arc<Stats>,
     events: broadcast::Sender<Event>,
+    /// Wakes the checkpointer after a commit.
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+    /// Set by the checkpointer when the WAL has grown long.
+    wal_long: Arc<AtomicBool>,
+    /// Totals as of the last commit (mirrored in `counts` and `stats`).
+    total: i64,
+    unread: i64,
 }
 
 /// A write's outcome, waiting for the commit before it is answered.
 enum Done {
     Insert(
-        oneshot::Sender<Result<Summary, StoreError>>,
-        Box<Result<Summary, StoreError>>,
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
     ),
     Count(
         oneshot::Sender<Result<usize, StoreError>>,
         Result<usize, StoreError>,
     ),
+}
+
+/// Changes to the totals made by one write.
+#[derive(Default, Clone, Copy)]
+struct Delta {
+    total: i64,
+    unread: i64,
+}
+
+impl Delta {
+    fn add(&mut self, other: Delta) {
+        self.total += other.total;
+        self.unread += other.unread;
+    }
 }
 
 impl Writer {
@@ -530,57 +846,97 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<Write>) {
         let mut done = Vec::with_capacity(batch.len());
         let mut changed = false;
+        let mut delta = Delta::default();
         let outcome = (|| -> Result<(), StoreError> {
             let tx = self.conn.transaction()?;
             for w in batch.drain(..) {
                 match w {
-                    Write::Insert(m, reply) => {
-                        let r = insert(&tx, &m);
-                        done.push(Done::Insert(reply, Box::new(r)));
+                    Write::Insert(row, reply) => {
+                        let r = insert(&tx, &row);
+                        if r.is_ok() {
+                            delta.add(Delta {
+                                total: 1,
+                                unread: 1,
+                            });
+                        }
+                        done.push(Done::Insert(reply, r));
                     }
                     Write::SetRead(which, read, reply) => {
                         let r = set_read(&tx, &which, read);
-                        changed |= matches!(r, Ok(n) if n > 0);
+                        if let Ok(n) = r {
+                            changed |= n > 0;
+                            let n = n as i64;
+                            delta.unread += if read { -n } else { n };
+                        }
                         done.push(Done::Count(reply, r));
                     }
                     Write::Delete(which, reply) => {
                         let r = delete(&tx, &which);
-                        changed |= matches!(r, Ok(n) if n > 0);
+                        let r = r.map(|d| {
+                            changed |= d.total != 0;
+                            delta.add(d);
+                            (-d.total) as usize
+                        });
                         done.push(Done::Count(reply, r));
                     }
                     Write::Stop => {}
                 }
             }
             if self.max > 0 {
-                changed |= prune(&tx, self.max)? > 0;
+                let pruned = prune(&tx, self.max)?;
+                changed |= pruned.total != 0;
+                delta.add(pruned);
             }
+            tx.prepare_cached(
+                "UPDATE counts SET total = ?1, unread = ?2, generation = generation + 1",
+            )?
+            .execute(params![
+                self.total + delta.total,
+                self.unread + delta.unread
+            ])?;
             tx.commit()?;
             Ok(())
         })();
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "commit failed; the batch is answered with errors");
-        }
-        if let Err(e) = refresh_stats(&self.conn, &self.stats) {
-            tracing::warn!(error = %e, "counting messages");
+        match &outcome {
+            Ok(()) => {
+                self.total += delta.total;
+                self.unread += delta.unread;
+                self.stats.total.store(self.total as u64, Ordering::Relaxed);
+                self.stats
+                    .unread
+                    .store(self.unread as u64, Ordering::Relaxed);
+                // Wake the checkpointer (a full channel: it is awake already).
+                let _ = self.checkpoint.try_send(());
+                if self.wal_long.swap(false, Ordering::Relaxed) {
+                    // Under sustained writes the background checkpoint never
+                    // catches up with the last commit, and a WAL that is
+                    // never fully copied is never restarted. Copying the
+                    // few frames it has not reached yet, here between two
+                    // transactions, lets the next transaction start the
+                    // WAL from the beginning.
+                    if let Err(e) =
+                        self.conn
+                            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; the batch is answered with errors");
+                match load_counts(&self.conn, &self.stats) {
+                    Ok((total, unread)) => (self.total, self.unread) = (total, unread),
+                    Err(e) => tracing::warn!(error = %e, "reading the totals"),
+                }
+            }
         }
         for d in done {
             match d {
                 Done::Insert(reply, r) => {
-                    let r = match &outcome {
-                        Ok(()) => *r,
-                        Err(e) => Err(e.clone()),
-                    };
-                    if let Ok(s) = &r {
-                        let _ = self.events.send(Event::New(Box::new(s.clone())));
-                    }
-                    let _ = reply.send(r);
+                    let _ = reply.send(outcome.clone().and(r));
                 }
                 Done::Count(reply, r) => {
-                    let r = match &outcome {
-                        Ok(()) => r,
-                        Err(e) => Err(e.clone()),
-                    };
-                    let _ = reply.send(r);
+                    let _ = reply.send(outcome.clone().and(r));
                 }
             }
         }
@@ -590,25 +946,46 @@ impl Writer {
     }
 }
 
-fn insert(c: &Connection, m: &NewMessage) -> Result<Summary, StoreError> {
-    let uid = crate::id::new_id();
-    let json = |a: &Vec<Address>| serde_json::to_string(a).unwrap_or_else(|_| "[]".into());
-    let from_json = serde_json::to_string(&m.from).unwrap_or_else(|_| "null".into());
+/// Copies committed pages from the WAL into the database on its own
+/// thread, so the writer never waits for a checkpoint (nor its `fsync`).
+/// The writer's automatic checkpoints are off; this one runs after commits,
+/// at most every 50 ms, in PASSIVE mode (it never blocks the writer or the
+/// readers), and stops when the writer hangs up.
+fn checkpointer(conn: Connection, wake: std::sync::mpsc::Receiver<()>, wal_long: Arc<AtomicBool>) {
+    while wake.recv().is_ok() {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(frames) => {
+                if frames >= WAL_LONG_FRAMES {
+                    wal_long.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint"),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// WAL length (pages) past which the writer finishes a checkpoint itself
+/// so that the WAL restarts: 4,096 pages are 16 MiB at the default page size.
+const WAL_LONG_FRAMES: i64 = 4096;
+
+fn insert(c: &Connection, row: &Row) -> Result<(), StoreError> {
+    let m = &row.message;
     c.prepare_cached(
         "INSERT INTO messages (uid, created, message_id, subject, from_json, to_json, cc_json, \
          bcc_json, reply_to_json, return_path, size, attachments, snippet) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
-        uid,
+        row.uid,
         m.created_ms,
         m.message_id,
         m.subject,
-        from_json,
-        json(&m.to),
-        json(&m.cc),
-        json(&m.bcc),
-        json(&m.reply_to),
+        row.from_json,
+        row.to_json,
+        row.cc_json,
+        row.bcc_json,
+        row.reply_to_json,
         m.return_path,
         m.raw.len() as i64,
         m.attachments,
@@ -617,12 +994,6 @@ fn insert(c: &Connection, m: &NewMessage) -> Result<Summary, StoreError> {
     let rowid = c.last_insert_rowid();
     c.prepare_cached("INSERT INTO raw (id, data) VALUES (?1, ?2)")?
         .execute(params![rowid, m.raw.as_ref()])?;
-    let words = |a: &[Address]| {
-        a.iter()
-            .map(|a| format!("{} {}", a.name, a.address))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     c.prepare_cached(
         "INSERT INTO fts (rowid, subject, from_addr, to_addr, cc_addr, bcc_addr, message_id, body) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -630,29 +1001,14 @@ fn insert(c: &Connection, m: &NewMessage) -> Result<Summary, StoreError> {
     .execute(params![
         rowid,
         m.subject,
-        words(m.from.as_slice()),
-        words(&m.to),
-        words(&m.cc),
-        words(&m.bcc),
+        row.from_words,
+        row.to_words,
+        row.cc_words,
+        row.bcc_words,
         m.message_id,
         m.body,
     ])?;
-    Ok(Summary {
-        id: uid,
-        message_id: m.message_id.clone(),
-        read: false,
-        from: m.from.clone(),
-        to: m.to.clone(),
-        cc: m.cc.clone(),
-        bcc: m.bcc.clone(),
-        reply_to: m.reply_to.clone(),
-        subject: m.subject.clone(),
-        created: crate::time::rfc3339_ms(m.created_ms),
-        tags: Vec::new(),
-        size: m.raw.len() as u64,
-        attachments: m.attachments,
-        snippet: m.snippet.clone(),
-    })
+    Ok(())
 }
 
 /// The rowids a selection names, as a SQL condition on `messages` and its
@@ -681,13 +1037,23 @@ fn set_read(c: &Connection, which: &Selection, read: bool) -> Result<usize, Stor
     Ok(c.execute(&sql, params_from_iter(args))?)
 }
 
-fn delete(c: &Connection, which: &Selection) -> Result<usize, StoreError> {
+/// Deletes the selected messages; the delta is negative.
+fn delete(c: &Connection, which: &Selection) -> Result<Delta, StoreError> {
     if matches!(which, Selection::Ids(ids) if ids.is_empty()) {
-        return Ok(0);
+        return Ok(Delta::default());
     }
     if matches!(which, Selection::All) {
-        c.execute_batch("DELETE FROM raw; DELETE FROM fts; ")?;
-        return Ok(c.execute("DELETE FROM messages", [])?);
+        // Counted, not read from `counts`: this batch may have changed them.
+        let (total, unread): (i64, i64) = c.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE read = 0) FROM messages",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        c.execute_batch("DELETE FROM raw; DELETE FROM fts; DELETE FROM messages;")?;
+        return Ok(Delta {
+            total: -total,
+            unread: -unread,
+        });
     }
     let (filter, args) = selection_sql(which);
     c.execute(
@@ -703,7 +1069,12 @@ fn delete(c: &Connection, which: &Selection) -> Result<usize, StoreError> {
 }
 
 /// Deletes the rows listed in the temporary table `doomed`.
-fn delete_doomed(c: &Connection) -> Result<usize, StoreError> {
+fn delete_doomed(c: &Connection) -> Result<Delta, StoreError> {
+    let unread: i64 = c.query_row(
+        "SELECT count(*) FROM messages WHERE read = 0 AND id IN (SELECT id FROM doomed)",
+        [],
+        |r| r.get(0),
+    )?;
     c.execute("DELETE FROM raw WHERE id IN (SELECT id FROM doomed)", [])?;
     c.execute("DELETE FROM fts WHERE rowid IN (SELECT id FROM doomed)", [])?;
     let n = c.execute(
@@ -711,19 +1082,21 @@ fn delete_doomed(c: &Connection) -> Result<usize, StoreError> {
         [],
     )?;
     c.execute("DELETE FROM doomed", [])?;
-    Ok(n)
+    Ok(Delta {
+        total: -(n as i64),
+        unread: -unread,
+    })
 }
 
 /// Keeps the newest `max` messages.
-fn prune(c: &Connection, max: usize) -> Result<usize, StoreError> {
+fn prune(c: &Connection, max: usize) -> Result<Delta, StoreError> {
     let cutoff: Option<i64> = c
-        .query_row(
-            "SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?1",
-            [max as i64 - 1],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET ?1")?
+        .query_row([max as i64 - 1], |r| r.get(0))
         .optional()?;
-    let Some(cutoff) = cutoff else { return Ok(0) };
+    let Some(cutoff) = cutoff else {
+        return Ok(Delta::default());
+    };
     c.execute(
         "CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)",
         [],
@@ -734,7 +1107,7 @@ fn prune(c: &Connection, max: usize) -> Result<usize, StoreError> {
         [cutoff],
     )?;
     if n == 0 {
-        return Ok(0);
+        return Ok(Delta::default());
     }
     delete_doomed(c)
 }

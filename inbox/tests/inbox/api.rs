@@ -350,6 +350,119 @@ async fn search_read_marks_and_deletes() {
     );
 }
 
+/// The counts a search reports (`messages_count`, `messages_unread`) and its
+/// pages, through the one-pass index path (words only) and the SQL path
+/// (with a flag), while read marks and pruning change the totals.
+#[tokio::test]
+async fn search_counts_and_pages_stay_exact() {
+    let inbox = Inbox::start(&["--max", "10"]);
+    for n in 1..=12 {
+        let from = if n % 2 == 1 {
+            "odd@example.com"
+        } else {
+            "even@example.com"
+        };
+        let raw = simple(from, "b@example.com", &format!("msg {n}"), "hi");
+        assert!(
+            smtp_send(inbox.smtp, from, &["b@example.com"], &raw)
+                .await
+                .starts_with("250")
+        );
+    }
+    let search = async |query: &str| {
+        inbox
+            .get_json(&format!("/api/v1/search?{query}"), 200)
+            .await
+    };
+    let counts = |v: &Value| {
+        (
+            v["messages_count"].as_u64().unwrap(),
+            v["messages_unread"].as_u64().unwrap(),
+            v["total"].as_u64().unwrap(),
+            v["unread"].as_u64().unwrap(),
+        )
+    };
+    let ids_of = |v: &Value, subjects: &[&str]| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| subjects.contains(&m["Subject"].as_str().unwrap()))
+            .map(|m| m["ID"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = search("query=subject:msg").await;
+    assert_eq!(counts(&all), (10, 10, 10, 10), "msgs 3..12 kept");
+    let mark_read = async |ids: Vec<String>| {
+        let body = serde_json::json!({ "IDs": ids, "Read": true }).to_string();
+        assert_eq!(
+            inbox
+                .send_body(Method::PUT, "/api/v1/messages", &body)
+                .await
+                .0,
+            200
+        );
+    };
+
+    // Few read: the unread matches are counted as matches minus read ones.
+    mark_read(ids_of(&all, &["msg 12", "msg 11", "msg 10"])).await;
+    assert_eq!(counts(&search("query=subject:msg").await), (10, 7, 10, 7));
+    assert_eq!(counts(&search("query=from:odd").await), (5, 4, 10, 7));
+    // Few unread: counted by intersecting with the unread ones.
+    mark_read(ids_of(&all, &["msg 9", "msg 8", "msg 7", "msg 6", "msg 5"])).await;
+    assert_eq!(counts(&search("query=from:odd").await), (5, 1, 10, 2));
+    assert_eq!(
+        counts(&search("query=subject:msg -from:odd").await),
+        (5, 1, 10, 2)
+    );
+    // The SQL path (a flag) agrees.
+    assert_eq!(
+        counts(&search("query=subject:msg+is:unread").await),
+        (2, 2, 10, 2)
+    );
+    assert_eq!(
+        counts(&search("query=from:odd+is:read").await),
+        (4, 0, 10, 2)
+    );
+
+    // Pages are slices of the matches, newest first.
+    let page = search("query=subject:msg&start=2&limit=3").await;
+    assert_eq!(subjects(&page), ["msg 10", "msg 9", "msg 8"]);
+    assert_eq!(
+        (page["count"].as_u64(), page["start"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(counts(&page), (10, 2, 10, 2));
+    let past = search("query=subject:msg&start=10").await;
+    assert_eq!(subjects(&past), Vec::<String>::new());
+    assert_eq!(counts(&past).0, 10);
+    let odd = search("query=from:odd&limit=2").await;
+    assert_eq!(subjects(&odd), ["msg 11", "msg 9"]);
+
+    // Pruning the two oldest (msgs 3 and 4, both unread) keeps the totals
+    // exact: 10 kept, 2 + 2 new unread - 2 pruned unread.
+    for n in 13..=14 {
+        let raw = simple(
+            "new@example.com",
+            "b@example.com",
+            &format!("msg {n}"),
+            "hi",
+        );
+        smtp_send(inbox.smtp, "new@example.com", &["b@example.com"], &raw).await;
+    }
+    let list = inbox.get_json("/api/v1/messages", 200).await;
+    assert_eq!(
+        (list["total"].as_u64(), list["unread"].as_u64()),
+        (Some(10), Some(2))
+    );
+    assert_eq!(counts(&search("query=subject:msg").await), (10, 2, 10, 2));
+    assert_eq!(counts(&search("query=is:unread").await), (2, 2, 10, 2));
+    assert_eq!(
+        subjects(&search("query=is:unread").await),
+        ["msg 14", "msg 13"]
+    );
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
