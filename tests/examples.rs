@@ -2274,6 +2274,64 @@ async fn submission_delivers_permitted_senders_and_refuses_the_others() {
 }
 
 #[tokio::test]
+async fn submission_metrics_count_logins_refused_senders_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = submission(dir.path(), &["--discard", "--metrics", "127.0.0.1:0"]);
+    let line = server.next_line();
+    let endpoint: SocketAddr = line
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("expected `metrics on ADDR`, got {line:?}"))
+        .parse()
+        .unwrap();
+    let (status, body) = http_get(endpoint, "/healthz");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+
+    // Ann sends one message as herself and tries one as bob (553 at MAIL).
+    let ann = submitter(server.port(), Some("ann"));
+    let to = ["carol@example.net"];
+    send(&ann, &envelope(Some("ann@example.com"), &to), ONE)
+        .await
+        .unwrap();
+    let refused = send(&ann, &envelope(Some("bob@example.com"), &to), ONE)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), "553", "{refused}");
+
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = http_get(endpoint, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if sample(&metrics, "smtp_sessions_ended_total{reason=\"quit\"}") >= 2.0 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "sessions not ended:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    };
+    expect("smtp_tls_handshakes_total{result=\"ok\"}", 2.0);
+    expect("smtp_auth_total{result=\"success\"}", 2.0);
+    expect(
+        "smtp_hook_replies_total{stage=\"mail\",result=\"accepted\"}",
+        1.0,
+    );
+    expect(
+        "smtp_hook_replies_total{stage=\"mail\",result=\"refused\"}",
+        1.0,
+    );
+    expect(
+        "smtp_messages_total{result=\"accepted\",status=\"2.0.0\"}",
+        1.0,
+    );
+    expect("smtp_stage_duration_seconds_count{stage=\"mail\"}", 2.0);
+    expect("smtp_stage_duration_seconds_count{stage=\"data\"}", 1.0);
+}
+
+#[tokio::test]
 async fn submission_rate_limits_each_identity() {
     let dir = tempfile::tempdir().unwrap();
     let server = submission(dir.path(), &["--rate-limit", "2", "--discard"]);
