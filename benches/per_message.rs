@@ -7,6 +7,7 @@
 //! cargo bench --bench per_message                  # both modes, 20,000 messages
 //! target/release/deps/per_message-* sans-io 2000    # one mode, N messages
 //! target/release/deps/per_message-* server 2000 --log
+//! target/release/deps/per_message-* server 2000 --metrics
 //! ```
 //!
 //! - `sans-io`: `smtp-source -d`'s transaction (MAIL, RCPT, DATA, 10 KiB
@@ -14,7 +15,9 @@
 //! - `server`: the same conversation over 127.0.0.1 against a real
 //!   [`smtpsrv::Server`] on a current-thread runtime with a discarding
 //!   handler; only the server thread's allocations are counted. `--log`
-//!   installs what `mailsink` installs (a `fmt` subscriber at `info`).
+//!   installs what `mailsink` installs (a `fmt` subscriber at `info`);
+//!   `--metrics` what `mailsink --metrics` adds (the Prometheus recorder,
+//!   its connection observer and the `MetricsLayer` on the handler).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -26,6 +29,7 @@ use std::time::Duration;
 #[path = "support/transaction.rs"]
 mod transaction;
 
+use smtpsrv_middleware::metrics::{Metrics, MetricsLayer};
 use transaction::{Transaction, Wire};
 
 struct Counting;
@@ -119,7 +123,7 @@ fn sans_io(messages: u64) {
     report("sans-io (codec + session)", messages, before, after);
 }
 
-fn server(messages: u64, log: bool) {
+fn server(messages: u64, log: bool, metrics: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr: SocketAddr = listener.local_addr().unwrap();
     drop(listener);
@@ -135,14 +139,15 @@ fn server(messages: u64, log: bool) {
             .enable_all()
             .build()
             .expect("runtime");
+        // Installed before counting starts, as mailsink does at start-up.
+        let recorder = metrics.then(|| Metrics::install().expect("the only recorder"));
         COUNTED.set(true);
         runtime.block_on(async move {
-            let server = smtpsrv::Server::builder()
-                .hostname("mx.example")
-                .build()
-                .bind(addr)
-                .await
-                .expect("bind");
+            let mut builder = smtpsrv::Server::builder().hostname("mx.example");
+            if let Some(recorder) = &recorder {
+                builder = builder.observer(recorder.observer());
+            }
+            let server = builder.build().bind(addr).await.expect("bind");
             let handler = tower::service_fn(|_ctx: smtpsrv::Context| async {
                 Ok::<_, smtpsrv::BoxError>(())
             });
@@ -150,11 +155,19 @@ fn server(messages: u64, log: bool) {
                 // Ends when the client closes the control connection.
                 let _ = tokio::time::sleep(Duration::from_secs(3600)).await;
             };
-            let _ = tokio::time::timeout(
-                Duration::from_secs(600),
-                server.serve(handler).with_graceful_shutdown(stop),
-            )
-            .await;
+            let limit = Duration::from_secs(600);
+            // Without metrics no layer at all, so the figure stays the one
+            // measured before the metrics existed.
+            if recorder.is_some() {
+                let handler = tower::ServiceBuilder::new()
+                    .layer(MetricsLayer::new())
+                    .service(handler);
+                let serving = server.serve(handler).with_graceful_shutdown(stop);
+                let _ = tokio::time::timeout(limit, serving).await;
+            } else {
+                let serving = server.serve(handler).with_graceful_shutdown(stop);
+                let _ = tokio::time::timeout(limit, serving).await;
+            }
         });
     });
     let mut stream = None;
@@ -200,10 +213,11 @@ fn server(messages: u64, log: bool) {
     send(messages, &mut reader);
     let after = counts();
     report(
-        if log {
-            "server over 127.0.0.1, fmt subscriber at info"
-        } else {
-            "server over 127.0.0.1, no subscriber"
+        match (log, metrics) {
+            (false, false) => "server over 127.0.0.1, no subscriber",
+            (true, false) => "server over 127.0.0.1, fmt subscriber at info",
+            (false, true) => "server over 127.0.0.1, metrics (recorder, observer, layer)",
+            (true, true) => "server over 127.0.0.1, fmt subscriber at info and metrics",
         },
         messages,
         before,
@@ -219,19 +233,22 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let log = args.iter().any(|a| a == "--log");
+    let metrics = args.iter().any(|a| a == "--metrics");
     let mut args = args.iter().filter(|a| !a.starts_with("--"));
     let mode = args.next().map(String::as_str);
     let messages: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
     match mode {
         Some("sans-io") => sans_io(messages),
-        Some("server") => server(messages, log),
+        Some("server") => server(messages, log, metrics),
         None => {
             sans_io(messages);
-            server(messages, false);
-            server(messages, true);
+            server(messages, false, false);
+            server(messages, true, false);
+            // Last: the recorder, once installed, stays for the process.
+            server(messages, false, true);
         }
         Some(other) => {
-            eprintln!("unknown mode {other}: sans-io | server [N] [--log]");
+            eprintln!("unknown mode {other}: sans-io | server [N] [--log] [--metrics]");
             std::process::exit(2);
         }
     }

@@ -1394,6 +1394,152 @@ async fn mailsink_metrics_count_the_traffic_that_was_sent() {
     );
 }
 
+/// The series the first metrics test cannot reach: TLS handshakes that
+/// worked and failed (STARTTLS and implicit), connections by listener and
+/// TLS, and sessions ended by each reason but shutdown.
+#[tokio::test]
+async fn mailsink_metrics_count_tls_handshakes_and_how_sessions_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_certificate(dir.path());
+    let mut sink = Example::start(
+        "mailsink",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--discard",
+            "--command-timeout",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        None,
+        2,
+    );
+    let line = sink.next_line();
+    let endpoint: SocketAddr = line
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("expected `metrics on ADDR`, got {line:?}"))
+        .parse()
+        .unwrap();
+    let (plain, implicit) = (sink.addrs[0], sink.addrs[1]);
+    let env = envelope(Some("ann@example.org"), &["bob@example.com"]);
+
+    // Two messages over TLS that worked: STARTTLS, then implicit TLS.
+    let starttls = client(plain.port())
+        .tls(Tls::Required(insecure_tls()))
+        .build();
+    send(&starttls, &env, ONE).await.unwrap();
+    let wrapped = client(implicit.port())
+        .tls(Tls::Wrapper(insecure_tls()))
+        .build();
+    send(&wrapped, &env, TWO).await.unwrap();
+
+    // Two handshakes that failed: garbage after STARTTLS's 220, and
+    // garbage on the implicit-TLS port.
+    let mut smtp = Conversation::open(plain);
+    assert!(smtp.command("EHLO client.example").starts_with("250"));
+    assert!(smtp.command("STARTTLS").starts_with("220"));
+    smtp.send("this is not a ClientHello\r\n\r\n");
+    assert!(!smtp.reply().starts_with("2"), "the session went on");
+    drop(smtp);
+    let mut raw = TcpStream::connect(implicit).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(b"EHLO this is not a ClientHello\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest); // an alert, or nothing; then EOF
+    drop(raw);
+
+    // A silent client (timed out after 1 s), one that keeps erring (the
+    // error limit), one that leaves without QUIT.
+    let mut silent = Conversation::open(plain);
+    let bye = silent.reply();
+    assert!(bye.starts_with("421 4.4.2"), "{bye}");
+    let mut erring = Conversation::open(plain);
+    let mut last = String::new();
+    for _ in 0..100 {
+        last = erring.command("FROB");
+        if !last.starts_with("500") {
+            break;
+        }
+    }
+    assert!(last.starts_with("421"), "{last}");
+    let mut leaving = Conversation::open(plain);
+    assert!(leaving.command("EHLO client.example").starts_with("250"));
+    drop(leaving);
+
+    // The sessions' ends are counted as they close: wait for all six.
+    let ended = |metrics: &str| -> f64 {
+        [
+            "quit",
+            "timeout",
+            "error_limit",
+            "server_closed",
+            "peer_gone",
+            "shutdown",
+        ]
+        .iter()
+        .map(|r| {
+            sample(
+                metrics,
+                &format!("smtp_sessions_ended_total{{reason=\"{r}\"}}"),
+            )
+        })
+        .sum()
+    };
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = http_get(endpoint, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if ended(&metrics) >= 6.0 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "sessions not ended:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    };
+    expect("smtp_tls_handshakes_total{result=\"ok\"}", 2.0);
+    expect("smtp_tls_handshakes_total{result=\"failed\"}", 2.0);
+    // On the plain listener every session starts without TLS (STARTTLS
+    // comes later); on the implicit one only a completed handshake makes
+    // a session.
+    let on = |addr: SocketAddr, tls: bool| format!("listener=\"{addr}\",tls=\"{tls}\"");
+    expect(
+        &format!("smtp_connections_total{{{}}}", on(plain, false)),
+        5.0,
+    );
+    expect(
+        &format!("smtp_connections_total{{{}}}", on(implicit, true)),
+        1.0,
+    );
+    expect(
+        &format!("smtp_connections_open{{{}}}", on(plain, false)),
+        0.0,
+    );
+    expect(
+        &format!("smtp_connections_open{{{}}}", on(implicit, true)),
+        0.0,
+    );
+    expect("smtp_sessions_ended_total{reason=\"quit\"}", 2.0);
+    expect("smtp_sessions_ended_total{reason=\"server_closed\"}", 1.0);
+    expect("smtp_sessions_ended_total{reason=\"timeout\"}", 1.0);
+    expect("smtp_sessions_ended_total{reason=\"error_limit\"}", 1.0);
+    expect("smtp_sessions_ended_total{reason=\"peer_gone\"}", 1.0);
+    expect("smtp_commands_total{verb=\"STARTTLS\"}", 2.0);
+    expect(
+        "smtp_messages_total{result=\"accepted\",status=\"2.0.0\"}",
+        2.0,
+    );
+}
+
 // ---------------------------------------------------------------- systemd
 
 /// mailsink started by `systemd-socket-activate` as systemd starts it: the
@@ -2125,6 +2271,64 @@ async fn submission_delivers_permitted_senders_and_refuses_the_others() {
         );
         assert_eq!(rest, ONE);
     }
+}
+
+#[tokio::test]
+async fn submission_metrics_count_logins_refused_senders_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = submission(dir.path(), &["--discard", "--metrics", "127.0.0.1:0"]);
+    let line = server.next_line();
+    let endpoint: SocketAddr = line
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("expected `metrics on ADDR`, got {line:?}"))
+        .parse()
+        .unwrap();
+    let (status, body) = http_get(endpoint, "/healthz");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+
+    // Ann sends one message as herself and tries one as bob (553 at MAIL).
+    let ann = submitter(server.port(), Some("ann"));
+    let to = ["carol@example.net"];
+    send(&ann, &envelope(Some("ann@example.com"), &to), ONE)
+        .await
+        .unwrap();
+    let refused = send(&ann, &envelope(Some("bob@example.com"), &to), ONE)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), "553", "{refused}");
+
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = http_get(endpoint, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if sample(&metrics, "smtp_sessions_ended_total{reason=\"quit\"}") >= 2.0 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "sessions not ended:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&metrics, series), value, "{series} in\n{metrics}");
+    };
+    expect("smtp_tls_handshakes_total{result=\"ok\"}", 2.0);
+    expect("smtp_auth_total{result=\"success\"}", 2.0);
+    expect(
+        "smtp_hook_replies_total{stage=\"mail\",result=\"accepted\"}",
+        1.0,
+    );
+    expect(
+        "smtp_hook_replies_total{stage=\"mail\",result=\"refused\"}",
+        1.0,
+    );
+    expect(
+        "smtp_messages_total{result=\"accepted\",status=\"2.0.0\"}",
+        1.0,
+    );
+    expect("smtp_stage_duration_seconds_count{stage=\"mail\"}", 2.0);
+    expect("smtp_stage_duration_seconds_count{stage=\"data\"}", 1.0);
 }
 
 #[tokio::test]

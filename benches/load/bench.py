@@ -64,6 +64,10 @@ IDLE_METRICS = [
 ]
 
 
+# The column of METRICS=1 runs: smtpsrv with `--metrics`.
+METRICS_SERVER = "smtpsrv+metrics"
+
+
 class BenchError(Exception):
     """A run that cannot be measured (server died, generator failed, ...)."""
 
@@ -348,6 +352,11 @@ def load_config(argv):
     }
     if floor_cmd:
         servers["floor-sink"] = floor_cmd
+    # METRICS=1: the same smtpsrv command with Prometheus metrics on (the
+    # connection observer and the message layer, endpoint on a free port),
+    # interleaved with the others, to price the metrics per message.
+    if os.environ.get("METRICS", "0") == "1":
+        servers[METRICS_SERVER] = servers["smtpsrv"] + " --metrics {host}:0"
     out_dir = os.environ.get("BENCH_OUT_DIR", "target/bench")
     return {
         "workloads": workloads,
@@ -442,6 +451,9 @@ def render(cfg, facts, results, started_at):
             )
         lines.append(f"- {name}: {desc}")
     floor = "floor-sink" in cfg["servers"]
+    with_metrics = METRICS_SERVER in cfg["servers"]
+    if with_metrics:
+        return render_metrics(cfg, results, lines)
     if floor:
         lines += [
             "",
@@ -469,6 +481,41 @@ def render(cfg, facts, results, started_at):
                 row += f" | {fmt(template, base)} | {ratio} | {to_floor} |"
             else:
                 row += f" | {ratio} |"
+            lines.append(row)
+    lines += ["", "Higher is better unless the metric says otherwise; MiB/s counts payload only."]
+    return "\n".join(lines) + "\n"
+
+
+def medians_of(cfg, per_server, key):
+    medians = {}
+    for server in cfg["servers"]:
+        runs = [r for r in per_server.get(server, []) if r is not None]
+        medians[server] = statistics.median(r[key] for r in runs) if runs else None
+    return medians
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+
+def render_metrics(cfg, results, lines):
+    """The METRICS=1 table: every server's column, then what metrics cost."""
+    names = list(cfg["servers"])
+    head = "| workload | metric | " + " | ".join(names)
+    head += " | ratio smtpsrv/smtp-sink | ratio smtpsrv+metrics/smtpsrv | difference |"
+    lines += ["", head, "|---|---|" + "---:|" * (len(names) + 3)]
+    for name in cfg["workloads"]:
+        metrics = IDLE_METRICS if name == "W4" else MESSAGE_METRICS
+        for key, label, template in metrics:
+            m = medians_of(cfg, results.get(name, {}), key)
+            ours, with_metrics = m["smtpsrv"], m[METRICS_SERVER]
+            diff = (
+                template.format(with_metrics - ours)
+                if ours is not None and with_metrics is not None
+                else "n/a"
+            )
+            row = f"| {name} | {label} | " + " | ".join(fmt(template, m[n]) for n in names)
+            row += f" | {ratio(ours, m['smtp-sink'])} | {ratio(with_metrics, ours)} | {diff} |"
             lines.append(row)
     lines += ["", "Higher is better unless the metric says otherwise; MiB/s counts payload only."]
     return "\n".join(lines) + "\n"

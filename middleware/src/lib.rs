@@ -96,6 +96,10 @@ pub mod trace;
 
 #[cfg(test)]
 mod test_support;
+// The test harness is shared with tests/, where this crate is an external
+// one: let it name the crate the same way in both.
+#[cfg(test)]
+extern crate self as smtpsrv_middleware;
 
 pub use dns::Resolver;
 pub use future::{BoxResponseFuture, ResponseFuture};

@@ -1,6 +1,7 @@
 //! A full stack of our layers, on the MAIL hook and around the message
 //! handler, served over TCP and driven by a real client (lettre).
 
+#[path = "../src/test_support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;

@@ -3,8 +3,6 @@
 //! `from_fn` middleware; their errors become the replies the server sends
 //! (`smtpsrv::error_reply`), and our refusals pass through them intact.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,4 +1,13 @@
-//! Helpers for the unit tests: requests, a counting handler, a DNS zone.
+//! The one test harness of the middleware crate: requests for each stage,
+//! a counting handler, a loopback DNS server (`dns`), a DKIM key, and a raw
+//! SMTP client.
+//!
+//! The unit tests use it as `crate::test_support`; the integration tests in
+//! `tests/` include this very file with
+//! `#[path = "../src/test_support/mod.rs"] mod support;`, which is why it
+//! names this crate `smtpsrv_middleware` (lib.rs aliases itself so under
+//! `cfg(test)`) and why each user leaves parts unused.
+#![allow(dead_code)]
 
 pub mod dns;
 
@@ -13,7 +22,9 @@ use smtpsrv::{
 };
 use tower::{Service, ServiceExt};
 
-use crate::Resolver;
+use smtpsrv_middleware::Resolver;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 pub fn peer(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), 40000)
@@ -168,5 +179,57 @@ impl DkimKey {
             .sign(message.as_bytes())
             .unwrap();
         format!("{}{message}", signature.to_header())
+    }
+}
+
+/// A scripted SMTP client reading one (possibly multi-line) reply per command.
+pub struct RawClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl RawClient {
+    /// Connects and returns the client with the greeting's last line.
+    pub async fn connect(addr: SocketAddr) -> (Self, String) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut c = RawClient {
+            reader: BufReader::new(stream),
+        };
+        let greeting = c.reply().await;
+        (c, greeting)
+    }
+
+    /// The next reply's last line, or "" at end of stream.
+    pub async fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.reader.read_line(&mut line),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            if n == 0 {
+                return String::new();
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_owned();
+            }
+        }
+    }
+
+    /// Sends one command line (CRLF added) and returns its reply's last line.
+    pub async fn send(&mut self, line: &str) -> String {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+
+    /// Whether the server closed the connection.
+    pub async fn is_closed(&mut self) -> bool {
+        self.reply().await.is_empty()
     }
 }
