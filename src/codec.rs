@@ -8,7 +8,11 @@
 //!
 //! The message body accumulates inside the codec (across BDAT chunks too)
 //! and is taken with [`SmtpCodec::take_body`] when the session has accepted
-//! it, as a `Bytes` without another copy.
+//! it, as a `Bytes` without another copy. A DATA body is split off the
+//! input buffer rather than copied out of it ([`DataReceiver::feed_split`]):
+//! a message that arrives into one buffer without dot-stuffed lines reaches
+//! the handler without being copied at all, and shares that buffer's
+//! allocation until it is dropped.
 
 use std::io;
 
@@ -78,7 +82,7 @@ impl SmtpCodec {
                 self.mode = Mode::Auth(LineReader::new(max_line), max_line);
             }
             (InputMode::Data { max_bytes }, _) => {
-                self.body.clear();
+                self.body = BytesMut::new();
                 self.mode = Mode::Data(DataReceiver::new(max_bytes, self.line_endings));
             }
             (
@@ -98,6 +102,36 @@ impl SmtpCodec {
                 } else {
                     BdatReceiver::new(size, room)
                 });
+            }
+        }
+    }
+
+    /// Makes room for `additional` more octets of input at the end of
+    /// `src` (the read buffer this codec decodes from).
+    ///
+    /// While a body is being received it was split off the front of `src`;
+    /// growing `src` on its own would put the next input in another
+    /// allocation, and joining that to the body would copy it. So when the
+    /// two are still one piece of memory they grow together (the allocator
+    /// can often extend large blocks in place), and the body stays a
+    /// single uncopied run.
+    pub fn reserve_input(&mut self, src: &mut BytesMut, additional: usize) {
+        if src.capacity() - src.len() >= additional || self.body.is_empty() {
+            src.reserve(additional);
+            return;
+        }
+        let body_len = self.body.len();
+        let mut joined = std::mem::take(&mut self.body);
+        match joined.try_unsplit(std::mem::take(src)) {
+            Ok(()) => {
+                joined.reserve(additional);
+                *src = joined.split_off(body_len);
+                self.body = joined;
+            }
+            Err(rest) => {
+                self.body = joined;
+                *src = rest;
+                src.reserve(additional);
             }
         }
     }
@@ -124,9 +158,11 @@ impl SmtpCodec {
         &self.body
     }
 
-    /// Empties the body buffer, keeping its capacity.
+    /// Empties the body buffer (e.g. once it was written to a spill file).
+    /// Its memory is let go: it is usually a piece of the input buffer,
+    /// which can then be reused for the next read.
     pub fn clear_body(&mut self) {
-        self.body.clear();
+        self.body = BytesMut::new();
     }
 
     /// Whether the body being received has already failed (over the size
@@ -170,7 +206,7 @@ impl Decoder for SmtpCodec {
                 Some(LineEvent::TooLong) => Some(Frame::LineTooLong),
                 Some(LineEvent::Line(line)) => Some(Frame::AuthResponse(line)),
             },
-            Mode::Data(receiver) => receiver.feed(src, &mut self.body).map(Frame::DataEnd),
+            Mode::Data(receiver) => receiver.feed_split(src, &mut self.body).map(Frame::DataEnd),
             Mode::Bdat(receiver) => receiver.feed(src, &mut self.body).map(Frame::BdatEnd),
         };
         if matches!(frame, Some(Frame::DataEnd(_) | Frame::BdatEnd(_))) {

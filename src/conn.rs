@@ -158,6 +158,10 @@ pub(crate) struct Connection<IO, S> {
     shutdown: CancellationToken,
     deadline: Instant,
     data_read: usize,
+    /// The read buffer was sized for a message body (or is what is left of
+    /// such a buffer after the body was split off it): give it back when
+    /// the client goes quiet between commands, whatever it looks like.
+    body_sized_buffer: bool,
     closing: CloseReason,
 }
 
@@ -205,6 +209,7 @@ where
             stream: None,
             shutdown,
             data_read: DATA_READ_MIN,
+            body_sized_buffer: false,
             closing: CloseReason::PeerGone,
         })
     }
@@ -403,12 +408,10 @@ where
         let Some(spill) = &mut self.spill else {
             return;
         };
-        match spill.write(self.codec.body()).await {
-            Ok(()) => {
-                self.codec.clear_body();
-                // What is on disk is off the memory budget.
-                self.reservation = None;
-            }
+        // The body as received (split off the read buffer), without a copy.
+        match spill.write(self.codec.take_chunk()).await {
+            // What is on disk is off the memory budget.
+            Ok(()) => self.reservation = None,
             Err(e) => self.spill_failed(e),
         }
     }
@@ -427,8 +430,7 @@ where
         let Some(mut spill) = self.spill.take() else {
             return Ok(Body::from(self.codec.take_body()));
         };
-        spill.write(self.codec.body()).await?;
-        self.codec.discard_body();
+        spill.write(self.codec.take_chunk()).await?;
         spill.finish().await
     }
 
@@ -734,7 +736,8 @@ where
         } else {
             COMMAND_READ
         };
-        self.read_buf.reserve(want);
+        self.codec.reserve_input(&mut self.read_buf, want);
+        self.body_sized_buffer |= receiving;
         // Fast path: input is already there, read it into the buffer we have.
         let ready = std::future::poll_fn(|cx| {
             Poll::Ready(
@@ -752,11 +755,18 @@ where
         let result = match ready {
             Some(r) => r,
             None => {
-                // The client is quiet: give a large idle buffer back before
-                // waiting (memory per idle connection stays small).
-                if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUFFER {
-                    self.read_buf =
-                        BytesMut::with_capacity(if receiving { want } else { COMMAND_READ });
+                // The client is quiet between commands: give a large buffer
+                // back before waiting (memory per idle connection stays
+                // small). Not in the middle of a message: the socket is only
+                // momentarily empty there, and the next read wants the same
+                // room again (a body split off this buffer may still hold
+                // its front; the rest is reused once that is dropped).
+                if !receiving
+                    && self.read_buf.is_empty()
+                    && (self.body_sized_buffer || self.read_buf.capacity() > IDLE_BUFFER)
+                {
+                    self.read_buf = BytesMut::with_capacity(COMMAND_READ);
+                    self.body_sized_buffer = false;
                 }
                 match self.wait_for_input(receiving).await {
                     Ok(r) => r,

@@ -165,7 +165,9 @@ pub fn error_reply(err: BoxError) -> Reply {
             }
             match err.downcast_ref::<crate::email::ParseError>() {
                 Some(crate::email::ParseError::Unreadable(body)) => body.reply(),
-                Some(_) => Reply::malformed_message().with_text(format!("Malformed message: {err}")),
+                Some(_) => {
+                    Reply::malformed_message().with_text(format!("Malformed message: {err}"))
+                }
                 None => {
                     tracing::warn!(error = %err, "service error answered with 451");
                     Reply::try_again_later()

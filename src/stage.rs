@@ -469,7 +469,10 @@ mod tests {
         assert_eq!(carried(rcpt), (true, None, false, false));
         let ctx = &mut Context::new(session(), Envelope::default(), "Subject: x\r\n\r\n".into());
         assert_eq!(carried(ctx), (false, Some(14), true, true));
-        assert_eq!(&ctx.message().unwrap()[..], b"X-Test: 1\r\nSubject: x\r\n\r\n");
+        assert_eq!(
+            &ctx.message().unwrap()[..],
+            b"X-Test: 1\r\nSubject: x\r\n\r\n"
+        );
     }
 
     #[test]

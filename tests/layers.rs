@@ -573,5 +573,8 @@ async fn accept_answers_every_hook_and_the_message_with_the_default_replies() {
     let ctx = recorder.single();
     assert!(ctx.envelope().is_null_sender());
     assert_eq!(ctx.recipients()[0].address().as_str(), "b@example.net");
-    assert_eq!(&ctx.message().unwrap()[..], b"Subject: accepted\r\n\r\nhi\r\n");
+    assert_eq!(
+        &ctx.message().unwrap()[..],
+        b"Subject: accepted\r\n\r\nhi\r\n"
+    );
 }

@@ -357,6 +357,13 @@ def load_config(argv):
     # interleaved with the others, to price the metrics per message.
     if os.environ.get("METRICS", "0") == "1":
         servers[METRICS_SERVER] = servers["smtpsrv"] + " --metrics {host}:0"
+    # More columns, e.g. smtpsrv in another mode or a peer server:
+    # EXTRA_SERVERS='buffered=CMD|mailin=CMD' (same {host}/{port}/{max_conns}).
+    for entry in filter(None, os.environ.get("EXTRA_SERVERS", "").split("|")):
+        name, sep, cmd = entry.partition("=")
+        if not sep or not name.strip() or name.strip() in servers:
+            sys.exit(f"EXTRA_SERVERS entry {entry!r}: want NAME=COMMAND with a new name")
+        servers[name.strip()] = cmd.strip()
     out_dir = os.environ.get("BENCH_OUT_DIR", "target/bench")
     return {
         "workloads": workloads,
@@ -482,6 +489,28 @@ def render(cfg, facts, results, started_at):
             else:
                 row += f" | {ratio} |"
             lines.append(row)
+    extra = [s for s in cfg["servers"] if s not in ("smtpsrv", "smtp-sink", "floor-sink")]
+    if extra:
+        lines += ["", "Every server, and each one's ratio to smtp-sink:", ""]
+        names = list(cfg["servers"])
+        lines.append("| workload | metric | " + " | ".join(names) + " | "
+                     + " | ".join(f"{n}/smtp-sink" for n in names if n != "smtp-sink") + " |")
+        lines.append("|---|---|" + "---:|" * (2 * len(names) - 1))
+        for name in cfg["workloads"]:
+            metrics = IDLE_METRICS if name == "W4" else MESSAGE_METRICS
+            per_server = results.get(name, {})
+            for key, label, template in metrics:
+                medians = {}
+                for server in names:
+                    runs = [r for r in per_server.get(server, []) if r is not None]
+                    medians[server] = statistics.median(r[key] for r in runs) if runs else None
+                sink = medians["smtp-sink"]
+                cells = [fmt(template, medians[n]) for n in names]
+                cells += [
+                    f"{medians[n] / sink:.2f}" if medians[n] is not None and sink else "n/a"
+                    for n in names if n != "smtp-sink"
+                ]
+                lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     lines += ["", "Higher is better unless the metric says otherwise; MiB/s counts payload only."]
     return "\n".join(lines) + "\n"
 

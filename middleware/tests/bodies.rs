@@ -4,6 +4,7 @@
 //! `Received-SPF`, DKIM and DMARC (with `Authentication-Results`), get the
 //! same verdicts and headers as in memory, and leave no temporary file.
 
+#[path = "../src/test_support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;

@@ -389,14 +389,15 @@ impl Body {
         while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
             let chunk = chunk?;
             if let Some(file) = &mut spill {
-                file.write(&chunk).await.map_err(io_error)?;
+                file.write(chunk).await.map_err(io_error)?;
                 continue;
             }
             held.extend_from_slice(&chunk);
             if let Some(policy) = policy.as_deref().filter(|p| held.len() > p.threshold) {
                 let mut file = Spill::create(&policy.dir).map_err(io_error)?;
-                file.write(&held).await.map_err(io_error)?;
-                held = BytesMut::new();
+                file.write(std::mem::take(&mut held).freeze())
+                    .await
+                    .map_err(io_error)?;
                 spill = Some(file);
             }
         }

@@ -39,7 +39,7 @@ async fn spilled_body_reads_every_way_and_its_file_goes_with_the_last_clone() {
     let mut spill = Spill::create(dir.path()).unwrap();
     let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     for part in content.chunks(70_000) {
-        spill.write(part).await.unwrap();
+        spill.write(Bytes::copy_from_slice(part)).await.unwrap();
     }
     let mut body = spill.finish().await.unwrap();
     assert!(body.is_spilled());
@@ -72,7 +72,7 @@ async fn spilled_body_reads_every_way_and_its_file_goes_with_the_last_clone() {
 async fn unfinished_spill_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let mut spill = Spill::create(dir.path()).unwrap();
-    spill.write(b"partial").await.unwrap();
+    spill.write(Bytes::from_static(b"partial")).await.unwrap();
     assert_eq!(spill_count(dir.path()), 1);
     drop(spill);
     assert_eq!(spill_count(dir.path()), 0);
@@ -171,7 +171,10 @@ async fn whole_message_accessors_are_errors_on_a_streaming_body_never_panics() {
 async fn a_spilled_file_removed_from_under_the_server_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut spill = Spill::create(dir.path()).unwrap();
-    spill.write(b"Subject: x\r\n\r\nhi\r\n").await.unwrap();
+    spill
+        .write(Bytes::from_static(b"Subject: x\r\n\r\nhi\r\n"))
+        .await
+        .unwrap();
     let body = spill.finish().await.unwrap();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
