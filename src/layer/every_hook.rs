@@ -35,51 +35,14 @@ pub type AuthenticatorService = BoxCloneService<Authenticate, Option<Identity>, 
 /// authenticator, whose answer is an identity.
 ///
 /// When a layer does not fit, the compiler names the stage it misses
-/// ("`Service<Connect>` is not implemented for `Foo<BoxCloneService<Connect, ..>>`,
-/// required for `FooLayer` to implement `HookLayer`"): put a layer made
-/// for one stage on that stage's hook instead.
+/// (through [`StageLayer<Connect>`](StageLayer), for example): put a layer
+/// made for one stage on that stage's hook instead.
 pub trait HookLayer:
-    Layer<
-        HookService<Connect>,
-        Service: Service<
-            Connect,
-            Response: IntoReply,
-            Error: Into<BoxError>,
-            Future: Send + 'static,
-        > + Clone
-                     + Send
-                     + 'static,
-    > + Layer<
-        HookService<Helo>,
-        Service: Service<
-            Helo,
-            Response: IntoReply,
-            Error: Into<BoxError>,
-            Future: Send + 'static,
-        > + Clone
-                     + Send
-                     + 'static,
-    > + Layer<
-        HookService<MailFrom>,
-        Service: Service<
-            MailFrom,
-            Response: IntoReply,
-            Error: Into<BoxError>,
-            Future: Send + 'static,
-        > + Clone
-                     + Send
-                     + 'static,
-    > + Layer<
-        HookService<RcptTo>,
-        Service: Service<
-            RcptTo,
-            Response: IntoReply,
-            Error: Into<BoxError>,
-            Future: Send + 'static,
-        > + Clone
-                     + Send
-                     + 'static,
-    > + Layer<
+    StageLayer<Connect>
+    + StageLayer<Helo>
+    + StageLayer<MailFrom>
+    + StageLayer<RcptTo>
+    + Layer<
         AuthenticatorService,
         Service: Service<
             Authenticate,
@@ -96,47 +59,11 @@ pub trait HookLayer:
 }
 
 impl<L> HookLayer for L where
-    L: Layer<
-            HookService<Connect>,
-            Service: Service<
-                Connect,
-                Response: IntoReply,
-                Error: Into<BoxError>,
-                Future: Send + 'static,
-            > + Clone
-                         + Send
-                         + 'static,
-        > + Layer<
-            HookService<Helo>,
-            Service: Service<
-                Helo,
-                Response: IntoReply,
-                Error: Into<BoxError>,
-                Future: Send + 'static,
-            > + Clone
-                         + Send
-                         + 'static,
-        > + Layer<
-            HookService<MailFrom>,
-            Service: Service<
-                MailFrom,
-                Response: IntoReply,
-                Error: Into<BoxError>,
-                Future: Send + 'static,
-            > + Clone
-                         + Send
-                         + 'static,
-        > + Layer<
-            HookService<RcptTo>,
-            Service: Service<
-                RcptTo,
-                Response: IntoReply,
-                Error: Into<BoxError>,
-                Future: Send + 'static,
-            > + Clone
-                         + Send
-                         + 'static,
-        > + Layer<
+    L: StageLayer<Connect>
+        + StageLayer<Helo>
+        + StageLayer<MailFrom>
+        + StageLayer<RcptTo>
+        + Layer<
             AuthenticatorService,
             Service: Service<
                 Authenticate,
@@ -149,6 +76,36 @@ impl<L> HookLayer for L where
         > + Send
         + Sync
         + 'static
+{
+}
+
+/// A layer that fits the hook of stage `R` (one of the bounds of
+/// [`HookLayer`], written once for the four stage hooks): its service
+/// answers something the server reads as a reply, and is clonable and
+/// `Send`. Nothing to implement: every such layer is one.
+pub trait StageLayer<R>:
+    Layer<
+        HookService<R>,
+        Service: Service<R, Response: IntoReply, Error: Into<BoxError>, Future: Send + 'static>
+                     + Clone
+                     + Send
+                     + 'static,
+    >
+{
+}
+
+impl<R, L> StageLayer<R> for L where
+    L: Layer<
+            HookService<R>,
+            Service: Service<
+                R,
+                Response: IntoReply,
+                Error: Into<BoxError>,
+                Future: Send + 'static,
+            > + Clone
+                         + Send
+                         + 'static,
+        >
 {
 }
 

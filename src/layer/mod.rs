@@ -202,7 +202,7 @@ mod every_hook;
 mod future;
 
 pub use accept::{Accept, accept};
-pub use every_hook::{AuthenticatorService, HookLayer, HookService};
+pub use every_hook::{AuthenticatorService, HookLayer, HookService, StageLayer};
 pub use future::{BoxResponseFuture, ResponseFuture, pass_through, refuse, take_ready};
 
 pub(crate) use every_hook::HookLayers;
