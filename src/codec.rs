@@ -150,7 +150,14 @@ impl SmtpCodec {
     /// Takes the body received so far (streaming mode hands it on while
     /// the rest arrives); the buffer keeps its spare capacity.
     pub fn take_chunk(&mut self) -> Bytes {
-        self.body.split().freeze()
+        let chunk = self.body.split().freeze();
+        if self.body.capacity() == 0 {
+            // An empty remainder would still share the read buffer's
+            // allocation: the read buffer could then never reuse it once
+            // the chunk is dropped, and would allocate anew for every read.
+            self.body = BytesMut::new();
+        }
+        chunk
     }
 
     /// The body received so far, e.g. to write it to a spill file.

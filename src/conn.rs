@@ -134,6 +134,9 @@ const DATA_READ_MIN: usize = 16 * 1024;
 const DATA_READ_MAX: usize = 256 * 1024;
 /// How much to read at once between commands.
 const COMMAND_READ: usize = 1024;
+/// The least room a read gets, however much input is still unparsed (a
+/// long command line arriving in pieces).
+const MIN_READ_ROOM: usize = 512;
 /// Chunks in flight to a streaming handler: with reads of at most
 /// `DATA_READ_MAX`, what a streaming connection holds beyond its buffer.
 const STREAM_CHUNKS: usize = 2;
@@ -736,7 +739,25 @@ where
         } else {
             COMMAND_READ
         };
-        self.codec.reserve_input(&mut self.read_buf, want);
+        // Room for `want` octets counting what is still unparsed (a partial
+        // line, a few octets while a body arrives). Asking `BytesMut` to grow
+        // on top of that would at least double the allocation (512 KiB per
+        // connection at the largest read size instead of 256 KiB).
+        let room = want.saturating_sub(self.read_buf.len()).max(MIN_READ_ROOM);
+        if receiving && self.codec.body_len() == 0 {
+            // Streaming, spilling or draining: the body was handed on, so the
+            // buffer holds only the unparsed rest. Reuse its memory when no
+            // chunk still holds it, else start a buffer of exactly the read
+            // size (the old one is freed with the last chunk).
+            if !self.read_buf.try_reclaim(room) {
+                let mut fresh =
+                    BytesMut::with_capacity(want.max(self.read_buf.len() + MIN_READ_ROOM));
+                fresh.extend_from_slice(&self.read_buf);
+                self.read_buf = fresh;
+            }
+        } else {
+            self.codec.reserve_input(&mut self.read_buf, room);
+        }
         self.body_sized_buffer |= receiving;
         // Fast path: input is already there, read it into the buffer we have.
         let ready = std::future::poll_fn(|cx| {
@@ -781,7 +802,7 @@ where
                 // A read that filled what we asked for: ask for more next time.
                 self.data_read = if !receiving {
                     DATA_READ_MIN
-                } else if n >= want {
+                } else if n >= room {
                     (want * 2).min(DATA_READ_MAX)
                 } else {
                     want

@@ -679,3 +679,29 @@ fn encoder_writes_replies_in_wire_format() {
         b"250 2.1.0 Sender OK\r\n250-mx Hello c\r\n250 PIPELINING\r\n"
     );
 }
+
+/// Streaming hands each read's body on with `take_chunk`. Once the handler
+/// drops that chunk, the read buffer must own its memory again, so that the
+/// next read reuses it instead of allocating (and, in `BytesMut`, doubling)
+/// a new one per read.
+#[test]
+fn a_dropped_chunk_gives_the_read_buffer_its_memory_back() {
+    let mut codec = SmtpCodec::new(512, LineEndings::Reject);
+    codec.set_mode(InputMode::Data {
+        max_bytes: 1 << 20,
+    });
+    let mut src = BytesMut::with_capacity(64 * 1024);
+    src.extend_from_slice(&[b'x'; 1000]);
+    src.extend_from_slice(b"\r\n");
+    assert!(codec.decode(&mut src).unwrap().is_none(), "no end yet");
+    let chunk = codec.take_chunk();
+    assert!(!chunk.is_empty());
+    assert!(src.is_empty(), "the whole read was body");
+    assert!(!src.try_reclaim(64 * 1024), "the chunk still holds the memory");
+    drop(chunk);
+    assert!(
+        src.try_reclaim(64 * 1024),
+        "the read buffer is the only owner again (capacity {})",
+        src.capacity()
+    );
+}
