@@ -30,7 +30,7 @@ pub enum Index {
     /// their positions (phrases).
     Text,
     /// `addr`: each address of `From`, `To`, `Cc` and `Bcc` as whole
-    /// tokens, one per word suffix (see [`address_tokens`]); rowids only.
+    /// tokens, one per word suffix (see [`address_tokens`]).
     Address,
 }
 
