@@ -1073,7 +1073,7 @@ impl Writer {
 /// Copies committed pages from the WAL into the database on its own
 /// thread, so the writer never waits for a checkpoint (nor its `fsync`).
 /// The writer's automatic checkpoints are off; this one runs after commits,
-/// at most every 50 ms, in PASSIVE mode (it never blocks the writer or the
+/// at most every `CHECKPOINT_PAUSE`, in PASSIVE mode (it never blocks the writer or the
 /// readers), and stops when the writer hangs up.
 fn checkpointer(conn: Connection, wake: std::sync::mpsc::Receiver<()>, wal_long: Arc<AtomicBool>) {
     while wake.recv().is_ok() {
@@ -1085,9 +1085,14 @@ fn checkpointer(conn: Connection, wake: std::sync::mpsc::Receiver<()>, wal_long:
             }
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint"),
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(CHECKPOINT_PAUSE);
     }
 }
+
+/// The checkpointer's rest between two checkpoints: each copies the pages
+/// committed since the last one and `fsync`s, so fewer of them copy a page
+/// rewritten by many commits (B-tree roots, the index's segments) fewer times.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(200);
 
 /// WAL length (pages) past which the writer finishes a checkpoint itself
 /// so that the WAL restarts: 4,096 pages are 16 MiB at the default page size.
