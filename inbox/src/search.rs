@@ -3,7 +3,8 @@
 //! Words and `"quoted phrases"` match anywhere (subject, addresses, message
 //! ID, text body); `from:`, `to:`, `cc:`, `bcc:`, `subject:` and
 //! `message-id:` narrow a term to one field (the address fields through
-//! their own index, see [`address_tokens`]); `is:read`, `is:unread` and
+//! their own index, where a term's words must all fall in one mailbox, see
+//! [`address_tokens`]); `is:read`, `is:unread` and
 //! `has:attachment` filter (`is:tagged` and `tag:NAME` match nothing: no
 //! message has tags); a leading `-` or `!` negates any term. Terms are
 //! ANDed. Matching is by word prefix (FTS5 `unicode61` tokens), so
@@ -330,11 +331,11 @@ const MAX_ADDRESS_TOKEN: usize = 200;
 /// <jane@shop.example>` is `jane doe jane shop example`. It is indexed as
 /// one token per word suffix, joined by `_` and tagged with the field:
 /// `f_jane_doe_jane_shop_example`, `f_doe_jane_shop_example`, ...,
-/// `f_example`. A search `from:doe@shop` is then the single prefix
-/// `f_doe_shop*`... which matches exactly the mailboxes whose word
-/// sequence contains `doe`, `shop*` in a row — the meaning a phrase
-/// prefix `"doe shop"*` has in the text index — but costs one term's
-/// rowids instead of three position lists.
+/// `f_example`. A search `from:jane@shop` is then the single prefix
+/// `f_jane_shop*`, which matches exactly the mailboxes whose word sequence
+/// has `jane`, `shop*` in a row — what the phrase prefix `"jane shop"*`
+/// means in the text index — but reads one term's rowids instead of
+/// merging two position lists.
 pub fn address_tokens(field: AddressField, mailboxes: &[crate::store::Address]) -> String {
     let mut out = String::new();
     let mut words = Vec::new();

@@ -717,8 +717,13 @@ fn init_schema(c: &Connection) -> Result<(), StoreError> {
         [],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
+    // 8 KiB pages (for a new database; an existing one keeps its own): a
+    // 10 KiB message is one leaf cell and one overflow page instead of a
+    // cell and three, fewer WAL frames per commit. A/B interleaved at load
+    // 5 (10,000 x 10 KiB): 150 -> 130 us of writer CPU per message.
     c.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA page_size = 8192;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA journal_size_limit = 67108864;
          CREATE TABLE IF NOT EXISTS messages (
