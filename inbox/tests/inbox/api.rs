@@ -463,6 +463,122 @@ async fn search_counts_and_pages_stay_exact() {
     );
 }
 
+/// `from:`, `to:`, `cc:` and `bcc:` go through the address index: a run of
+/// whole words of one mailbox (name, then address), the last one a prefix,
+/// diacritics and case folded; never a fragment inside a word.
+#[tokio::test]
+async fn address_searches_match_word_runs_of_one_mailbox() {
+    let inbox = Inbox::start(&[]);
+    let mails: [(&str, &[&str], &str); 3] = [
+        (
+            "From: José García <jg@shop.example>\r\n\
+             To: Bob <bob@corp.example>\r\nCc: Dave <dave@other.example>\r\n\
+             Subject: one\r\n\r\nhi\r\n",
+            &[
+                "bob@corp.example",
+                "dave@other.example",
+                "hidden@secret.example",
+            ],
+            "one",
+        ),
+        (
+            "From: Ann <ann@corp.example>\r\nTo: jg@shop.example\r\n\
+             Subject: two\r\n\r\nhi\r\n",
+            &["jg@shop.example"],
+            "two",
+        ),
+        (
+            "From: janet@shop.example\r\nTo: Bob <bob@corp.example>, x@y.example\r\n\
+             Subject: three\r\n\r\nhi\r\n",
+            &["bob@corp.example", "x@y.example"],
+            "three",
+        ),
+    ];
+    for (raw, to, _) in mails {
+        let reply = smtp_send(inbox.smtp, "sender@example.com", to, raw.as_bytes()).await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let q = async |query: &str| {
+        let v = inbox
+            .get_json(&format!("/api/v1/search?query={}", urlencode(query)), 200)
+            .await;
+        let mut s = subjects(&v);
+        s.sort();
+        assert_eq!(
+            v["messages_count"].as_u64(),
+            Some(s.len() as u64),
+            "{query}"
+        );
+        s
+    };
+    assert_eq!(q("from:jg@shop.example").await, ["one"]);
+    assert_eq!(q("from:jose").await, ["one"], "diacritics folded");
+    assert_eq!(q("from:\"GARCÍA jg\"").await, ["one"], "name then address");
+    assert_eq!(
+        q("from:shop").await,
+        ["one", "three"],
+        "a word of the domain"
+    );
+    assert_eq!(q("from:shop.example").await, ["one", "three"]);
+    assert_eq!(q("from:jan").await, ["three"], "the last word is a prefix");
+    assert_eq!(q("from:anet").await, Vec::<String>::new(), "no infix");
+    assert_eq!(q("from:jg@shop.ex").await, ["one"]);
+    assert_eq!(q("from:jg@shopx").await, Vec::<String>::new());
+    assert_eq!(q("to:jg@shop.example").await, ["two"], "not From");
+    assert_eq!(q("to:bob").await, ["one", "three"]);
+    assert_eq!(
+        q("to:y.example").await,
+        ["three"],
+        "any mailbox of the field"
+    );
+    assert_eq!(q("cc:dave@other").await, ["one"]);
+    assert_eq!(q("cc:bob").await, Vec::<String>::new());
+    assert_eq!(
+        q("bcc:hidden@secret.example").await,
+        ["one"],
+        "envelope only"
+    );
+    assert_eq!(q("to:hidden").await, Vec::<String>::new());
+    // Mixed with words, negations and flags (both search paths).
+    assert_eq!(q("to:bob -from:janet").await, ["one"]);
+    assert_eq!(q("hi -to:bob").await, ["two"]);
+    assert_eq!(q("-to:bob").await, ["two"], "negations only: SQL path");
+    assert_eq!(q("to:bob is:unread").await, ["one", "three"]);
+    assert_eq!(q("to:bob -cc:dave two").await, Vec::<String>::new());
+    assert_eq!(q("from:@@").await, Vec::<String>::new());
+    assert_eq!(q("-from:@@ one").await, ["one"]);
+}
+
+/// A database made before the address index existed gets it filled from
+/// the stored addresses when it is opened.
+#[tokio::test]
+async fn address_index_is_built_for_an_older_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db");
+    let db = db.to_str().unwrap();
+    let mut first = Inbox::start(&["--database", db]);
+    smtp_send(first.smtp, "a@example.com", &["b@example.com"], MULTIPART).await;
+    let raw = simple("zed@old.example", "b@example.com", "older", "x");
+    smtp_send(first.smtp, "zed@old.example", &["b@example.com"], &raw).await;
+    assert!(first.terminate().success());
+    {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute_batch("DROP TABLE addr").unwrap();
+    }
+    let second = Inbox::start(&["--database", db]);
+    let s = second
+        .get_json("/api/v1/search?query=from:zed%40old", 200)
+        .await;
+    assert_eq!(subjects(&s), ["older"]);
+    let s = second.get_json("/api/v1/search?query=to:carol", 200).await;
+    assert_eq!(subjects(&s), ["Quarterly report"]);
+    let s = second.get_json("/api/v1/search?query=is:unread", 200).await;
+    assert_eq!(
+        (s["messages_count"].as_u64(), s["messages_unread"].as_u64()),
+        (Some(2), Some(2))
+    );
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
