@@ -44,12 +44,27 @@ pub(crate) struct Config {
     pub shutdown_grace: Duration,
     pub hooks: HookFlags,
     pub observer: Option<crate::observe::SharedObserver>,
+    /// What streaming bodies carry of the two spill settings above, made
+    /// once (not per message) when first needed.
+    pub spill_policy: std::sync::OnceLock<std::sync::Arc<crate::body::SpillPolicy>>,
 }
 
 impl Config {
     /// Where spilled messages go.
     pub fn spill_dir(&self) -> std::path::PathBuf {
         self.spill_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// The spill settings a streaming body carries (shared by every message).
+    pub fn spill_policy(&self) -> std::sync::Arc<crate::body::SpillPolicy> {
+        self.spill_policy
+            .get_or_init(|| {
+                std::sync::Arc::new(crate::body::SpillPolicy {
+                    threshold: self.spill_threshold,
+                    dir: self.spill_dir(),
+                })
+            })
+            .clone()
     }
 
     /// The most message octets one transfer holds in memory: a buffered
@@ -115,6 +130,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(60),
             hooks: HookFlags::default(),
             observer: None,
+            spill_policy: std::sync::OnceLock::new(),
         }
     }
 }

@@ -160,6 +160,9 @@ pub(crate) struct Connection<IO, S> {
     stream: Option<StreamingCall>,
     shutdown: CancellationToken,
     deadline: Instant,
+    /// The read deadline's timer, kept armed across waits (see
+    /// `wait_for_input`); boxed because a `Sleep` must not move.
+    timer: Pin<Box<tokio::time::Sleep>>,
     data_read: usize,
     /// The read buffer was sized for a message body (or is what is left of
     /// such a buffer after the body was split off it): give it back when
@@ -192,6 +195,7 @@ where
         if let Transport::Tls(stream) = &transport {
             info.tls = Some(Arc::new(TlsInfo::from_connection(stream.get_ref().1)));
         }
+        let deadline = Instant::now() + config.command_timeout;
         // Boxed: the connection's task then holds a pointer, not the state,
         // and futures that move it around stay small (memory per connection).
         Box::new(Connection {
@@ -203,7 +207,8 @@ where
             service,
             hooks,
             tls,
-            deadline: Instant::now() + config.command_timeout,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             config,
             budget,
             reservation: None,
@@ -451,11 +456,7 @@ where
             return;
         };
         let (sender, body) = crate::body::channel(STREAM_CHUNKS);
-        let policy = crate::body::SpillPolicy {
-            threshold: self.config.spill_threshold,
-            dir: self.config.spill_dir(),
-        };
-        ctx.set_body(body.with_spill_policy(std::sync::Arc::new(policy)));
+        ctx.set_body(body.with_spill_policy(self.config.spill_policy()));
         // Debug level: a span per message costs more than the rest of the
         // session's work when a subscriber formats it (allocations, fmt);
         // `smtpsrv_middleware::trace` gives info-level spans to those who want them.
@@ -825,17 +826,29 @@ where
         };
         let idle = !self.session.in_transaction() && self.read_buf.is_empty();
         let grace = self.config.shutdown_grace;
-        let shutdown = self.shutdown.clone();
+        // Borrowed, not cloned, and asked once: each of those takes the
+        // token's lock (per wait, i.e. several times per message).
+        let shutdown = &self.shutdown;
+        let cancelled = shutdown.is_cancelled();
         // Once shutdown is signalled, a transaction in progress may finish,
         // but a silent client waits at most the grace.
-        if idle && shutdown.is_cancelled() {
+        if idle && cancelled {
             return Err(ReadStop::Shutdown);
         }
-        let mut grace_end = shutdown.is_cancelled().then(|| Instant::now() + grace);
+        let mut grace_end = cancelled.then(|| Instant::now() + grace);
         let read = self.transport.read_buf(&mut self.read_buf);
         tokio::pin!(read);
+        let timer = &mut self.timer;
         loop {
             let until = grace_end.map_or(deadline, |g| g.min(deadline));
+            // The connection's one timer stays in the timer wheel between
+            // waits: re-armed only when the deadline moved earlier, or when
+            // it went off at an earlier deadline than the one now in force
+            // (deadlines mostly move later: a new command, more data), so a
+            // wait costs no timer insertion and removal.
+            if timer.deadline() > until || (timer.deadline() < until && timer.is_elapsed()) {
+                timer.as_mut().reset(until);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if grace_end.is_none() => {
@@ -844,13 +857,15 @@ where
                     }
                     grace_end = Some(Instant::now() + grace);
                 }
-                r = tokio::time::timeout_at(until, &mut read) => {
-                    return match r {
-                        Ok(r) => Ok(r),
-                        Err(_) if grace_end.is_some_and(|g| g < deadline) => {
-                            Err(ReadStop::Shutdown)
-                        }
-                        Err(_) => Err(ReadStop::Timeout),
+                r = &mut read => return Ok(r),
+                () = timer.as_mut() => {
+                    if timer.deadline() < until {
+                        // Armed for an earlier deadline: re-armed above.
+                        continue;
+                    }
+                    return match grace_end {
+                        Some(g) if g < deadline => Err(ReadStop::Shutdown),
+                        _ => Err(ReadStop::Timeout),
                     };
                 }
             }

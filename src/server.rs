@@ -1000,7 +1000,11 @@ async fn handle<S>(
             tracing::info!(%peer, "PROXY header expected from an untrusted peer; closed");
             return;
         }
-        match read_header_with_timeout(&mut stream, &mut read_buf, config.proxy_timeout).await {
+        // Boxed, like the TLS handshake below: rare steps whose futures
+        // would otherwise make every connection's task larger (more to
+        // copy when it is spawned, more memory per idle connection).
+        let header = read_header_with_timeout(&mut stream, &mut read_buf, config.proxy_timeout);
+        match Box::pin(header).await {
             Ok(header) => {
                 peer = header.source_or(peer);
                 local = header.destination_or(local);
@@ -1015,7 +1019,7 @@ async fn handle<S>(
     // balancer, the balancer's own address would otherwise share one cap.
     let Some(_ip_slot) = shared.admit_ip(peer.ip()) else {
         tracing::info!(%peer, "too many connections from this address; refused");
-        refuse(stream, implicit_tls).await;
+        Box::pin(refuse(stream, implicit_tls)).await;
         return;
     };
     let transport = if implicit_tls {
@@ -1024,7 +1028,9 @@ async fn handle<S>(
         };
         // Octets read past a PROXY header may be the start of the ClientHello.
         let stream = Rewind::new(read_buf.split().freeze(), stream);
-        match tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(stream)).await {
+        let handshake =
+            tokio::time::timeout(config.handshake_timeout, tls.acceptor().accept(stream));
+        match Box::pin(handshake).await {
             Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "TLS handshake failed");

@@ -10,7 +10,9 @@
 //! connection) gets the handler deadline to notice its body's error and
 //! return, then it is aborted.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,17 +76,26 @@ impl StreamingCall {
             Ok(Err(_panic)) => return call.answered(Err(panicked())),
             Err(_) => return call.answered(Err(elapsed())),
         };
-        let future = AssertUnwindSafe(started).catch_unwind();
-        call.task = Some(tokio::spawn(
+        let mut future = Box::pin(
             async move {
-                match future.await {
+                match AssertUnwindSafe(started).catch_unwind().await {
                     Ok(Ok(response)) => Ok(response.into_delivery()),
                     Ok(Err(e)) => Err(e.into()),
                     Err(_panic) => Err(panicked()),
                 }
             }
             .instrument(span),
-        ));
+        );
+        // Polled once here: a handler that answers at once (one that
+        // discards, or refuses before reading) needs no task, no wake-up
+        // and no join (per message, the cost of a spawn). One that is not
+        // done goes to its own task, which polls it again at once (with
+        // its own waker).
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        if let Poll::Ready(answer) = future.as_mut().poll(&mut cx) {
+            return call.answered(answer);
+        }
+        call.task = Some(tokio::spawn(future));
         call
     }
 

@@ -187,6 +187,32 @@ async fn overlong_command_line_is_refused_and_the_session_stays_in_sync() {
 }
 
 #[tokio::test]
+async fn each_command_restarts_the_command_timeout() {
+    // The connection's read timer stays armed for the first deadline while
+    // later commands move the deadline on: when it goes off early it must
+    // be re-armed, not taken for a timeout. Four commands 200 ms apart
+    // outlast one 600 ms timeout; silence after them is still cut off.
+    let server =
+        TestServer::start(Server::builder().command_timeout(Duration::from_millis(600))).await;
+    let mut c = Client::connect(server.addr).await;
+    c.cmd_expect("EHLO client.example", 250).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.cmd_expect("NOOP", 250).await;
+    }
+    let silent = Instant::now();
+    let text = c.expect(421).await;
+    assert!(text.starts_with("4.4.2"), "{text}");
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "closed too early: {waited:?}"
+    );
+    c.expect_eof().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn idle_client_is_closed_after_the_command_timeout() {
     let server =
         TestServer::start(Server::builder().command_timeout(Duration::from_millis(300))).await;

@@ -273,40 +273,47 @@ impl Reply {
     /// line but the last) to `dst`. Lines longer than the RFC's 512 octets
     /// are cut; CR and LF inside a line never reach the wire.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let status = self.status;
-        let mut lines = self.text.split('\n').peekable();
-        if lines.peek().is_none() {
-            lines = "".split('\n').peekable();
+        // Most replies are one line without CR: no splitting, no filtering.
+        if memchr::memchr2(b'\n', b'\r', self.text.as_bytes()).is_none() {
+            self.encode_line(dst, &self.text, true);
+            return;
         }
+        let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let last = lines.peek().is_none();
-            let start = dst.len();
-            let mut code = itoa_3(self.code);
-            code[3] = if last { b' ' } else { b'-' };
-            dst.put_slice(&code);
-            if let Some(s) = status {
-                put_number(dst, u16::from(s.class));
-                dst.put_u8(b'.');
-                put_number(dst, s.subject);
-                dst.put_u8(b'.');
-                put_number(dst, s.detail);
-                if !line.is_empty() {
-                    dst.put_u8(b' ');
-                }
-            }
-            let room = MAX_REPLY_LINE - 2 - (dst.len() - start);
-            if !line.contains('\r') {
-                dst.put_slice(&line.as_bytes()[..line.len().min(room)]);
-            } else {
-                for (taken, b) in line.bytes().filter(|&b| b != b'\r').enumerate() {
-                    if taken == room {
-                        break;
-                    }
-                    dst.put_u8(b);
-                }
-            }
-            dst.put_slice(b"\r\n");
+            self.encode_line(dst, line, last);
         }
+    }
+
+    /// One line of the reply: code, `-` or (on the `last`) a space, the
+    /// enhanced status, the text without CRs, cut to the longest line.
+    fn encode_line(&self, dst: &mut BytesMut, line: &str, last: bool) {
+        let start = dst.len();
+        let mut code = itoa_3(self.code);
+        code[3] = if last { b' ' } else { b'-' };
+        dst.put_slice(&code);
+        if let Some(s) = self.status {
+            put_number(dst, u16::from(s.class));
+            dst.put_u8(b'.');
+            put_number(dst, s.subject);
+            dst.put_u8(b'.');
+            put_number(dst, s.detail);
+            if !line.is_empty() {
+                dst.put_u8(b' ');
+            }
+        }
+        let room = MAX_REPLY_LINE - 2 - (dst.len() - start);
+        if !line.contains('\r') {
+            dst.put_slice(&line.as_bytes()[..line.len().min(room)]);
+        } else {
+            for (taken, b) in line.bytes().filter(|&b| b != b'\r').enumerate() {
+                if taken == room {
+                    break;
+                }
+                dst.put_u8(b);
+            }
+        }
+        dst.put_slice(b"\r\n");
     }
 }
 
