@@ -687,9 +687,7 @@ fn encoder_writes_replies_in_wire_format() {
 #[test]
 fn a_dropped_chunk_gives_the_read_buffer_its_memory_back() {
     let mut codec = SmtpCodec::new(512, LineEndings::Reject);
-    codec.set_mode(InputMode::Data {
-        max_bytes: 1 << 20,
-    });
+    codec.set_mode(InputMode::Data { max_bytes: 1 << 20 });
     let mut src = BytesMut::with_capacity(64 * 1024);
     src.extend_from_slice(&[b'x'; 1000]);
     src.extend_from_slice(b"\r\n");
@@ -697,7 +695,10 @@ fn a_dropped_chunk_gives_the_read_buffer_its_memory_back() {
     let chunk = codec.take_chunk();
     assert!(!chunk.is_empty());
     assert!(src.is_empty(), "the whole read was body");
-    assert!(!src.try_reclaim(64 * 1024), "the chunk still holds the memory");
+    assert!(
+        !src.try_reclaim(64 * 1024),
+        "the chunk still holds the memory"
+    );
     drop(chunk);
     assert!(
         src.try_reclaim(64 * 1024),
