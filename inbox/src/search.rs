@@ -475,6 +475,11 @@ mod tests {
         );
     }
 
+    /// The positive FTS expressions of a query that needs no SQL filter.
+    fn positive(query: &str) -> Vec<(Index, String)> {
+        Query::parse(query).unwrap().fts_only().unwrap().positive
+    }
+
     #[test]
     fn words_only_become_one_fts_expression_per_table() {
         let q = Query::parse("from:bob invoice -draft").unwrap();
@@ -509,11 +514,7 @@ mod tests {
         assert_eq!(Query::parse("-from:ann").unwrap().fts_only(), None);
         assert_eq!(Query::parse("invoice @@@").unwrap().fts_only(), None);
         assert_eq!(
-            Query::parse("invoice -@@@")
-                .unwrap()
-                .fts_only()
-                .unwrap()
-                .positive,
+            positive("invoice -@@@"),
             [(Index::Text, "(\"invoice\"*)".into())]
         );
     }
@@ -569,11 +570,7 @@ mod tests {
         assert_eq!(Query::parse("tag:urgent").unwrap().to_sql().0, "0");
         assert_eq!(Query::parse("is:tagged").unwrap().to_sql().0, "0");
         assert_eq!(
-            Query::parse("invoice -tag:urgent")
-                .unwrap()
-                .fts_only()
-                .unwrap()
-                .positive,
+            positive("invoice -tag:urgent"),
             [(Index::Text, "(\"invoice\"*)".into())]
         );
     }

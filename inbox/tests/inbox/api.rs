@@ -253,14 +253,7 @@ async fn search_read_marks_and_deletes() {
         let reply = smtp_send(inbox.smtp, from, &[to], &simple(from, to, subject, body)).await;
         assert!(reply.starts_with("250"));
     }
-    let q = async |query: &str| {
-        let v = inbox
-            .get_json(&format!("/api/v1/search?query={}", urlencode(query)), 200)
-            .await;
-        let mut s = subjects(&v);
-        s.sort();
-        (s, v)
-    };
+    let q = async |query: &str| search(&inbox, query).await;
     assert_eq!(
         q("from:jane@shop.example").await.0,
         ["Shipping update", "Your invoice 42"]
@@ -499,11 +492,7 @@ async fn address_searches_match_word_runs_of_one_mailbox() {
         assert!(reply.starts_with("250"), "{reply}");
     }
     let q = async |query: &str| {
-        let v = inbox
-            .get_json(&format!("/api/v1/search?query={}", urlencode(query)), 200)
-            .await;
-        let mut s = subjects(&v);
-        s.sort();
+        let (s, v) = search(&inbox, query).await;
         assert_eq!(
             v["messages_count"].as_u64(),
             Some(s.len() as u64),
@@ -553,9 +542,8 @@ async fn address_searches_match_word_runs_of_one_mailbox() {
 /// the stored addresses when it is opened.
 #[tokio::test]
 async fn address_index_is_built_for_an_older_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("inbox.db");
-    let db = db.to_str().unwrap();
+    let (_dir, db) = database_file();
+    let db = db.as_str();
     let mut first = Inbox::start(&["--database", db]);
     smtp_send(first.smtp, "a@example.com", &["b@example.com"], MULTIPART).await;
     let raw = simple("zed@old.example", "b@example.com", "older", "x");
@@ -577,6 +565,23 @@ async fn address_index_is_built_for_an_older_database() {
         (s["messages_count"].as_u64(), s["messages_unread"].as_u64()),
         (Some(2), Some(2))
     );
+}
+
+/// A database path in a new temporary directory, removed with the guard.
+fn database_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inbox.db").to_str().unwrap().to_owned();
+    (dir, db)
+}
+
+/// What a search finds: the subjects, sorted, and the whole answer.
+async fn search(inbox: &Inbox, query: &str) -> (Vec<String>, Value) {
+    let v = inbox
+        .get_json(&format!("/api/v1/search?query={}", urlencode(query)), 200)
+        .await;
+    let mut s = subjects(&v);
+    s.sort();
+    (s, v)
 }
 
 fn urlencode(s: &str) -> String {
@@ -669,9 +674,8 @@ async fn unknown_ids_are_404_and_malformed_requests_400() {
 
 #[tokio::test]
 async fn persistent_database_survives_graceful_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("inbox.db");
-    let db = db.to_str().unwrap();
+    let (_dir, db) = database_file();
+    let db = db.as_str();
     let mut first = Inbox::start(&["--database", db]);
     smtp_send(first.smtp, "a@example.com", &["b@example.com"], MULTIPART).await;
     let status = first.terminate();
