@@ -8,7 +8,7 @@ out=target/bench; mkdir -p "$out"; report="$out/inbox-$(date -u +%Y%m%d-%H%M%S).
 log() { echo "$*" | tee -a "$report"; }
 N=${N:-20000}; FILL=${FILL:-100000}
 cargo build --release -p smtpsrv-inbox >/dev/null 2>&1
-work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 ingest() { # ingest PORT COUNT -> msgs/s (smtp-source W1 shape)
   local t0 t1; t0=$(date +%s.%N)
