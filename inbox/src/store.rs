@@ -707,16 +707,8 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Summary> {
 }
 
 fn init_schema(c: &Connection) -> Result<(), StoreError> {
-    let had_messages: bool = c.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name = 'messages'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    let had_addr: bool = c.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name = 'addr'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
+    let had_messages = table_exists(c, "messages")?;
+    let had_addr = table_exists(c, "addr")?;
     // 8 KiB pages (for a new database; an existing one keeps its own): a
     // 10 KiB message is one leaf cell and one overflow page instead of a
     // cell and three, fewer WAL frames per commit. A/B interleaved at load
@@ -776,6 +768,14 @@ fn init_schema(c: &Connection) -> Result<(), StoreError> {
         index_addresses(c)?;
     }
     Ok(())
+}
+
+fn table_exists(c: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(c.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?)
 }
 
 /// Fills the `addr` index of a database made before it existed, from the

@@ -275,19 +275,20 @@ impl Reply {
     pub fn encode(&self, dst: &mut BytesMut) {
         // Most replies are one line without CR: no splitting, no filtering.
         if memchr::memchr2(b'\n', b'\r', self.text.as_bytes()).is_none() {
-            self.encode_line(dst, &self.text, true);
+            self.encode_line(dst, &self.text, true, false);
             return;
         }
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let last = lines.peek().is_none();
-            self.encode_line(dst, line, last);
+            self.encode_line(dst, line, last, line.contains('\r'));
         }
     }
 
     /// One line of the reply: code, `-` or (on the `last`) a space, the
-    /// enhanced status, the text without CRs, cut to the longest line.
-    fn encode_line(&self, dst: &mut BytesMut, line: &str, last: bool) {
+    /// enhanced status, the text without CRs (`has_cr`: the caller looked),
+    /// cut to the longest line.
+    fn encode_line(&self, dst: &mut BytesMut, line: &str, last: bool, has_cr: bool) {
         let start = dst.len();
         let mut code = itoa_3(self.code);
         code[3] = if last { b' ' } else { b'-' };
@@ -303,7 +304,7 @@ impl Reply {
             }
         }
         let room = MAX_REPLY_LINE - 2 - (dst.len() - start);
-        if !line.contains('\r') {
+        if !has_cr {
             dst.put_slice(&line.as_bytes()[..line.len().min(room)]);
         } else {
             for (taken, b) in line.bytes().filter(|&b| b != b'\r').enumerate() {
