@@ -262,15 +262,42 @@ fn mailbox_split(s: &str) -> Result<usize, AddressError> {
     Ok(at)
 }
 
-/// RFC 5321 atext plus RFC 6531 UTF8-non-ascii.
-fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+/// RFC 5321 atext plus RFC 6531 UTF8-non-ascii, one octet at a time: every
+/// octet of a non-ASCII character is at least 0x80, so a UTF-8 string is
+/// atext exactly when all its octets are (a byte test, not a search per
+/// character).
+fn is_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || !b.is_ascii()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'/'
+                | b'='
+                | b'?'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | b'~'
+        )
 }
 
+/// Dot-string: atoms of atext joined by single dots.
 fn check_dot_string(local: &str) -> Result<(), AddressError> {
     let valid = local
-        .split('.')
-        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext));
+        .as_bytes()
+        .split(|&b| b == b'.')
+        .all(|atom| !atom.is_empty() && atom.iter().all(|&b| is_atext(b)));
     if valid {
         Ok(())
     } else {
@@ -307,13 +334,15 @@ pub(crate) fn check_domain(domain: &str) -> Result<(), AddressError> {
     if domain.len() > MAX_DOMAIN_LEN {
         return Err(AddressError::DomainTooLong);
     }
-    let label_ok = |label: &str| {
-        let is_let_dig = |c: char| c.is_ascii_alphanumeric() || !c.is_ascii();
-        label.chars().next().is_some_and(is_let_dig)
-            && label.chars().next_back().is_some_and(is_let_dig)
-            && label.chars().all(|c| is_let_dig(c) || c == '-')
+    // Octets, not characters: a non-ASCII character's first and last octets
+    // are both at least 0x80, so the first/last tests mean the same.
+    let is_let_dig = |b: u8| b.is_ascii_alphanumeric() || !b.is_ascii();
+    let label_ok = |label: &[u8]| {
+        label.first().is_some_and(|&b| is_let_dig(b))
+            && label.last().is_some_and(|&b| is_let_dig(b))
+            && label.iter().all(|&b| is_let_dig(b) || b == b'-')
     };
-    if domain.split('.').all(label_ok) {
+    if domain.as_bytes().split(|&b| b == b'.').all(label_ok) {
         Ok(())
     } else {
         Err(AddressError::InvalidDomain)

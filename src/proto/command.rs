@@ -321,18 +321,20 @@ fn split_path<'a>(arg: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     let inner = rest.strip_prefix('<')?;
     let mut quoted = false;
     let mut escaped = false;
-    for (i, c) in inner.char_indices() {
+    // Octets: the delimiters are ASCII, so they never occur inside a
+    // multi-octet character.
+    for (i, &c) in inner.as_bytes().iter().enumerate() {
         if escaped {
             escaped = false;
         } else if quoted {
             match c {
-                '\\' => escaped = true,
-                '"' => quoted = false,
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
                 _ => {}
             }
-        } else if c == '"' {
+        } else if c == b'"' {
             quoted = true;
-        } else if c == '>' {
+        } else if c == b'>' {
             let path = &inner[..i];
             let after = &inner[i + 1..];
             return match after.strip_prefix(' ') {
