@@ -826,21 +826,17 @@ where
         };
         let idle = !self.session.in_transaction() && self.read_buf.is_empty();
         let grace = self.config.shutdown_grace;
-        // Borrowed, not cloned, and asked once: each of those takes the
-        // token's lock (per wait, i.e. several times per message).
+        // Borrowed, not cloned: a clone takes the token's lock. Whether it
+        // is cancelled is not asked up front either (another lock): its
+        // future answers that at its first poll, after the read's, and a
+        // wait ended by the read (the usual end) never polls it again.
         let shutdown = &self.shutdown;
-        let cancelled = shutdown.is_cancelled();
-        // Once shutdown is signalled, a transaction in progress may finish,
-        // but a silent client waits at most the grace.
-        if idle && cancelled {
-            return Err(ReadStop::Shutdown);
-        }
-        let mut grace_end = cancelled.then(|| Instant::now() + grace);
+        let mut grace_end = None;
         let read = self.transport.read_buf(&mut self.read_buf);
         tokio::pin!(read);
         let timer = &mut self.timer;
         loop {
-            let until = grace_end.map_or(deadline, |g| g.min(deadline));
+            let until = grace_end.map_or(deadline, |g: Instant| g.min(deadline));
             // The connection's one timer stays in the timer wheel between
             // waits: re-armed only when the deadline moved earlier, or when
             // it went off at an earlier deadline than the one now in force
@@ -851,13 +847,15 @@ where
             }
             tokio::select! {
                 biased;
+                r = &mut read => return Ok(r),
+                // Once shutdown is signalled, a transaction in progress may
+                // finish, but a silent client waits at most the grace.
                 _ = shutdown.cancelled(), if grace_end.is_none() => {
                     if idle {
                         return Err(ReadStop::Shutdown);
                     }
                     grace_end = Some(Instant::now() + grace);
                 }
-                r = &mut read => return Ok(r),
                 () = timer.as_mut() => {
                     if timer.deadline() < until {
                         // Armed for an earlier deadline: re-armed above.

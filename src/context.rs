@@ -109,7 +109,7 @@ impl fmt::Display for MessageId {
 pub struct Context {
     id: MessageId,
     session: Arc<SessionInfo>,
-    envelope: Envelope,
+    envelope: Arc<Envelope>,
     body: Body,
     received_at: SystemTime,
     extensions: Extensions,
@@ -119,12 +119,12 @@ impl Context {
     /// A context for a message (the server builds these; public so that
     /// layers and handlers can be tested without a socket).
     pub fn new(session: Arc<SessionInfo>, envelope: Envelope, message: Bytes) -> Self {
-        Self::numbered(session, envelope, message, 1)
+        Self::numbered(session, Arc::new(envelope), message, 1)
     }
 
     pub(crate) fn numbered(
         session: Arc<SessionInfo>,
-        envelope: Envelope,
+        envelope: Arc<Envelope>,
         message: Bytes,
         n: u32,
     ) -> Self {

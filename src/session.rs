@@ -137,7 +137,9 @@ enum Pending {
 
 #[derive(Debug)]
 struct Transaction {
-    envelope: Envelope,
+    /// Shared with the streaming message's [`Context`] (no copy of the
+    /// addresses per message); unique, so changed in place, until then.
+    envelope: Arc<Envelope>,
     /// The map MAIL and RCPT hooks share; made on first use, since without
     /// those hooks nothing can write to it (no allocation per message).
     extensions: Option<SharedExtensions>,
@@ -513,7 +515,7 @@ impl Session {
 
     fn accept_mail(&mut self, envelope: Envelope, extensions: Option<SharedExtensions>) -> Action {
         self.transaction = Some(Transaction {
-            envelope,
+            envelope: Arc::new(envelope),
             extensions,
             bdat_size: None,
         });
@@ -543,7 +545,7 @@ impl Session {
             return self.answer(reply(555, (5, 5, 4), "DSN parameters are not supported"));
         }
         if self.config.hooks.rcpt {
-            let envelope = t.envelope.clone();
+            let envelope = Envelope::clone(&t.envelope);
             let session_extensions = &self.session_extensions;
             let extensions = match &mut self.transaction {
                 Some(t) => t
@@ -567,7 +569,7 @@ impl Session {
     fn accept_rcpt(&mut self, recipient: Recipient) -> Action {
         match &mut self.transaction {
             Some(t) => {
-                t.envelope.recipients.push(recipient);
+                Arc::make_mut(&mut t.envelope).recipients.push(recipient);
                 Action::Reply(reply(250, (2, 1, 5), "Recipient OK"))
             }
             None => self.answer(bad_sequence("Need MAIL before RCPT")),

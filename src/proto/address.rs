@@ -209,7 +209,10 @@ pub fn split_address(addr: &str) -> Result<(&str, &str), AddressError> {
 /// validating the route's domains; a path without one is returned as is.
 pub(crate) fn strip_source_route(path: &str) -> Result<&str, AddressError> {
     // Without a colon `@domain` is a mailbox with an empty local part.
-    let Some((route, mailbox)) = path.split_once(':').filter(|_| path.starts_with('@')) else {
+    if !path.starts_with('@') {
+        return Ok(path);
+    }
+    let Some((route, mailbox)) = path.split_once(':') else {
         return Ok(path);
     };
     for hop in route.split(',') {
@@ -243,7 +246,10 @@ fn mailbox_split(s: &str) -> Result<usize, AddressError> {
             Some(_) => return Err(AddressError::InvalidLocalPart),
         }
     } else {
-        let at = s.find('@').ok_or(AddressError::MissingAt)?;
+        let at = s
+            .bytes()
+            .position(|b| b == b'@')
+            .ok_or(AddressError::MissingAt)?;
         if at == 0 {
             return Err(AddressError::EmptyLocalPart);
         }
