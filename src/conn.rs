@@ -227,7 +227,7 @@ where
         let span = tracing::info_span!(
             "smtp.session",
             id = %self.session.info().id(),
-            peer = %self.session.info().peer_addr(),
+            peer = %crate::info::DisplayAddr(self.session.info().peer_addr()),
         );
         async move {
             tracing::debug!("connected");

@@ -30,29 +30,9 @@ const MESSAGE_ID_MAX: usize = 16 + 1 + 10;
 impl MessageId {
     pub(crate) fn new(session: &SessionInfo, n: u32) -> Self {
         let mut text = [0u8; MESSAGE_ID_MAX];
-        let mut len = 0;
-        let id = session.id().get();
-        let digits = (16 - (id.leading_zeros() as usize / 4)).max(1);
-        for i in (0..digits).rev() {
-            text[len] = b"0123456789abcdef"[((id >> (i * 4)) & 0xf) as usize];
-            len += 1;
-        }
+        let mut len = crate::info::push_hex(&mut text, 0, session.id().get());
         text[len] = b'.';
-        len += 1;
-        let mut decimal = [0u8; 10];
-        let mut start = decimal.len();
-        let mut n = n;
-        loop {
-            start -= 1;
-            decimal[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let tail = &decimal[start..];
-        text[len..len + tail.len()].copy_from_slice(tail);
-        len += tail.len();
+        len = crate::info::push_decimal(&mut text, len + 1, n);
         MessageId {
             text,
             len: len as u8,

@@ -256,14 +256,7 @@ impl Session {
     /// a 421 closes, anything else is sent and then only QUIT is served.
     pub fn greeting(&mut self, refusal: Option<Reply>) -> Action {
         match refusal {
-            None => Action::Reply(Reply::plain(
-                220,
-                format!(
-                    "{} {} Service ready",
-                    self.config.hostname,
-                    if self.config.lmtp { "LMTP" } else { "ESMTP" }
-                ),
-            )),
+            None => Action::Reply(Reply::plain(220, self.config.greeting().to_owned())),
             Some(r) if r.code() == 421 => {
                 self.state = State::Closed;
                 Action::Close(r)
@@ -397,52 +390,30 @@ impl Session {
         // A new greeting resets the transaction as RSET does (RFC 5321 4.1.4).
         self.transaction = None;
         let extended = greeting.is_extended();
-        let name = greeting.name().to_owned();
+        let keywords = if extended {
+            self.config.ehlo_keywords(self.info.is_tls())
+        } else {
+            ""
+        };
+        let text = self.hello(greeting.name(), keywords);
         Arc::make_mut(&mut self.info).greeting = Some(greeting);
-        if !extended {
-            return Action::Reply(Reply::plain(
-                250,
-                format!("{} Hello {}", self.config.hostname, name),
-            ));
-        }
-        Action::Reply(Reply::plain(250, self.capabilities(&name)))
+        Action::Reply(Reply::plain(250, text))
     }
 
-    /// The EHLO reply text: one keyword a line (built into one string).
-    fn capabilities(&self, name: &str) -> String {
-        use std::fmt::Write as _;
-        let c = &self.config;
-        let mut text = String::with_capacity(256);
-        let _ = write!(
-            text,
-            "{} Hello {name}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES",
-            c.hostname, c.max_message_bytes
-        );
-        if c.chunking {
-            text.push_str("\nCHUNKING\nBINARYMIME");
-        }
-        if c.dsn {
-            text.push_str("\nDSN");
-        }
-        if c.starttls && !self.info.is_tls() {
-            text.push_str("\nSTARTTLS");
-        }
-        if self.auth_offered() {
-            text.push_str("\nAUTH PLAIN LOGIN");
-        }
-        if self.info.is_tls() {
-            text.push_str("\nREQUIRETLS");
-        }
-        let _ = write!(text, "\nLIMITS RCPTMAX={}", c.max_recipients);
-        if let Some(n) = c.max_messages_per_session {
-            let _ = write!(text, " MAILMAX={n}");
-        }
-        text.push_str("\nHELP");
+    /// The `Hello` line for `name`, then `keywords` (an EHLO reply's, or
+    /// none for HELO), in one string.
+    fn hello(&self, name: &str, keywords: &str) -> String {
+        let hostname = &self.config.hostname;
+        let mut text = String::with_capacity(hostname.len() + 7 + name.len() + keywords.len());
+        text.push_str(hostname);
+        text.push_str(" Hello ");
+        text.push_str(name);
+        text.push_str(keywords);
         text
     }
 
     fn auth_offered(&self) -> bool {
-        self.config.auth && (self.info.is_tls() || self.config.allow_insecure_auth)
+        self.config.auth_offered(self.info.is_tls())
     }
 
     fn greeted(&self) -> Option<&Greeting> {
