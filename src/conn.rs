@@ -134,6 +134,13 @@ const DATA_READ_MIN: usize = 16 * 1024;
 const DATA_READ_MAX: usize = 256 * 1024;
 /// How much to read at once between commands.
 const COMMAND_READ: usize = 1024;
+/// A message-sized buffer up to this size is kept for `WARM_FOR` after the
+/// last command, not released as soon as the client goes quiet: a client
+/// that sends message after message (the usual sender) then reuses it,
+/// warm in the cache, instead of costing two allocations, two frees and
+/// shared-buffer bookkeeping per message. A larger one goes at once.
+const WARM_BUFFER_MAX: usize = 64 * 1024;
+const WARM_FOR: Duration = Duration::from_millis(100);
 /// The least room a read gets, however much input is still unparsed (a
 /// long command line arriving in pieces).
 const MIN_READ_ROOM: usize = 512;
@@ -783,15 +790,29 @@ where
                 // momentarily empty there, and the next read wants the same
                 // room again (a body split off this buffer may still hold
                 // its front; the rest is reused once that is dropped).
-                if !receiving
+                let releasable = !receiving
                     && self.read_buf.is_empty()
-                    && (self.body_sized_buffer || self.read_buf.capacity() > IDLE_BUFFER)
-                {
-                    self.read_buf = BytesMut::with_capacity(COMMAND_READ);
-                    self.body_sized_buffer = false;
+                    && (self.body_sized_buffer || self.read_buf.capacity() > IDLE_BUFFER);
+                let warm = releasable && self.read_buf.capacity() <= WARM_BUFFER_MAX;
+                if releasable && !warm {
+                    self.release_read_buffer();
                 }
-                match self.wait_for_input(receiving).await {
-                    Ok(r) => r,
+                // The last command's time, without reading the clock.
+                let release_at = warm
+                    .then(|| self.deadline.checked_sub(self.config.command_timeout))
+                    .flatten()
+                    .map(|last_command| last_command + WARM_FOR);
+                match self.wait_for_input(receiving, release_at).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        // Quiet for `WARM_FOR`: an idle connection stays small.
+                        self.release_read_buffer();
+                        match self.wait_for_input(receiving, None).await {
+                            // (No release time: the wait ends with input or a stop.)
+                            Ok(r) => r.unwrap_or(Ok(0)),
+                            Err(stop) => return Err(stop),
+                        }
+                    }
                     Err(stop) => return Err(stop),
                 }
             }
@@ -814,11 +835,19 @@ where
         }
     }
 
-    /// Waits for input until the deadline, or for shutdown when idle.
+    /// Replaces the read buffer with a small one (the connection is idle).
+    fn release_read_buffer(&mut self) {
+        self.read_buf = BytesMut::with_capacity(COMMAND_READ);
+        self.body_sized_buffer = false;
+    }
+
+    /// Waits for input until the deadline, or for shutdown when idle; `None`
+    /// when `release_at` (before the deadline) came first.
     async fn wait_for_input(
         &mut self,
         receiving: bool,
-    ) -> Result<std::io::Result<usize>, ReadStop> {
+        release_at: Option<Instant>,
+    ) -> Result<Option<std::io::Result<usize>>, ReadStop> {
         let deadline = if receiving {
             Instant::now() + self.config.data_timeout
         } else {
@@ -837,17 +866,18 @@ where
         let timer = &mut self.timer;
         loop {
             let until = grace_end.map_or(deadline, |g: Instant| g.min(deadline));
+            let wake_at = release_at.map_or(until, |r| r.min(until));
             // The connection's one timer stays in the timer wheel between
             // waits: re-armed only when the deadline moved earlier, or when
             // it went off at an earlier deadline than the one now in force
             // (deadlines mostly move later: a new command, more data), so a
             // wait costs no timer insertion and removal.
-            if timer.deadline() > until || (timer.deadline() < until && timer.is_elapsed()) {
-                timer.as_mut().reset(until);
+            if timer.deadline() > wake_at || (timer.deadline() < wake_at && timer.is_elapsed()) {
+                timer.as_mut().reset(wake_at);
             }
             tokio::select! {
                 biased;
-                r = &mut read => return Ok(r),
+                r = &mut read => return Ok(Some(r)),
                 // Once shutdown is signalled, a transaction in progress may
                 // finish, but a silent client waits at most the grace.
                 _ = shutdown.cancelled(), if grace_end.is_none() => {
@@ -857,6 +887,9 @@ where
                     grace_end = Some(Instant::now() + grace);
                 }
                 () = timer.as_mut() => {
+                    if release_at.is_some_and(|r| r < until && timer.deadline() >= r) {
+                        return Ok(None);
+                    }
                     if timer.deadline() < until {
                         // Armed for an earlier deadline: re-armed above.
                         continue;

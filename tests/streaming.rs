@@ -246,6 +246,40 @@ async fn messages_arrive_byte_exact_in_memory_spilled_and_streaming() {
 }
 
 #[tokio::test]
+async fn a_quiet_spell_after_a_message_keeps_the_session_and_its_timeout() {
+    // After a message the connection keeps its message-sized read buffer
+    // for a moment (the next message reuses it), then gives it back while
+    // the client stays quiet. Neither step may lose input or a deadline:
+    // messages after short and long pauses (40 KiB: more than one read,
+    // the buffer grown past its first size) arrive whole, and silence
+    // after them is still cut off at the command timeout.
+    let _shared = SERIAL.read().await;
+    for mode in MODES {
+        let s = start(mode, |b| b.command_timeout(Duration::from_millis(700))).await;
+        let mut c = s.server.connect().await;
+        for (n, pause) in [0u64, 10, 300, 0].into_iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            session(&mut c).await;
+            c.cmd("DATA").await.expect(354, "");
+            let m = message(40 * 1024, n as u8);
+            send_pieces(&mut c, &dot_stuff(&m)).await;
+            c.reply().await.expect(250, "2.0.0");
+            let seen = s.log.wait_for(n + 1).await;
+            let last = seen.last().unwrap();
+            assert_eq!(last.result.as_deref(), Ok(&m[..]), "{mode:?} message {n}");
+        }
+        let silent = std::time::Instant::now();
+        c.reply().await.expect(421, "4.4.2");
+        let waited = silent.elapsed();
+        assert!(
+            waited >= Duration::from_millis(600),
+            "{mode:?}: closed too early: {waited:?}"
+        );
+        c.expect_eof().await;
+    }
+}
+
+#[tokio::test]
 async fn bdat_chunks_arrive_byte_exact_and_rset_between_chunks_aborts() {
     let _shared = SERIAL.read().await;
     for mode in MODES {
