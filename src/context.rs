@@ -30,9 +30,9 @@ const MESSAGE_ID_MAX: usize = 16 + 1 + 10;
 impl MessageId {
     pub(crate) fn new(session: &SessionInfo, n: u32) -> Self {
         let mut text = [0u8; MESSAGE_ID_MAX];
-        let mut len = crate::info::push_hex(&mut text, 0, session.id().get());
+        let mut len = crate::digits::push_hex(&mut text, 0, session.id().get());
         text[len] = b'.';
-        len = crate::info::push_decimal(&mut text, len + 1, n);
+        len = crate::digits::push_decimal(&mut text, len + 1, n);
         MessageId {
             text,
             len: len as u8,

@@ -44,36 +44,9 @@ impl fmt::Display for SessionId {
     /// session's log span, and `{:x}` through `fmt` costs several times more.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = [0u8; 16];
-        let len = push_hex(&mut text, 0, self.0);
+        let len = crate::digits::push_hex(&mut text, 0, self.0);
         f.pad(std::str::from_utf8(&text[..len]).unwrap_or_default())
     }
-}
-
-/// Writes `n` in lower-case hex at `out[at..]`; returns the end.
-pub(crate) fn push_hex(out: &mut [u8], at: usize, n: u64) -> usize {
-    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
-    for (i, slot) in out[at..at + digits].iter_mut().rev().enumerate() {
-        *slot = b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize];
-    }
-    at + digits
-}
-
-/// Writes `n` in decimal at `out[at..]`; returns the end.
-pub(crate) fn push_decimal(out: &mut [u8], at: usize, n: u32) -> usize {
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    let mut n = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let tail = &digits[start..];
-    out[at..at + tail.len()].copy_from_slice(tail);
-    at + tail.len()
 }
 
 /// A socket address displayed as `Display` does (`192.0.2.1:25`,
@@ -91,11 +64,11 @@ impl fmt::Display for DisplayAddr {
         let mut text = [0u8; 21];
         let mut len = 0;
         for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-            len = push_decimal(&mut text, len, u32::from(octet));
+            len = crate::digits::push_decimal(&mut text, len, u32::from(octet));
             text[len] = if i < 3 { b'.' } else { b':' };
             len += 1;
         }
-        len = push_decimal(&mut text, len, u32::from(v4.port()));
+        len = crate::digits::push_decimal(&mut text, len, u32::from(v4.port()));
         f.pad(std::str::from_utf8(&text[..len]).unwrap_or_default())
     }
 }

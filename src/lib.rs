@@ -61,6 +61,7 @@ pub mod codec;
 mod config;
 mod conn;
 mod context;
+mod digits;
 pub mod email;
 mod envelope;
 pub mod extensions;

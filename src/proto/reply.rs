@@ -289,21 +289,26 @@ impl Reply {
     /// enhanced status, the text without CRs (`has_cr`: the caller looked),
     /// cut to the longest line.
     fn encode_line(&self, dst: &mut BytesMut, line: &str, last: bool, has_cr: bool) {
-        let start = dst.len();
-        let mut code = itoa_3(self.code);
-        code[3] = if last { b' ' } else { b'-' };
-        dst.put_slice(&code);
+        // Code, separator and status into one small array, then three
+        // slices: each `put` on `BytesMut` checks its room.
+        let mut prefix = [0u8; 20];
+        prefix[..4].copy_from_slice(&itoa_3(self.code));
+        prefix[3] = if last { b' ' } else { b'-' };
+        let mut len = 4;
         if let Some(s) = self.status {
-            put_number(dst, u16::from(s.class));
-            dst.put_u8(b'.');
-            put_number(dst, s.subject);
-            dst.put_u8(b'.');
-            put_number(dst, s.detail);
+            len = crate::digits::push_decimal(&mut prefix, len, u32::from(s.class));
+            prefix[len] = b'.';
+            len = crate::digits::push_decimal(&mut prefix, len + 1, u32::from(s.subject));
+            prefix[len] = b'.';
+            len = crate::digits::push_decimal(&mut prefix, len + 1, u32::from(s.detail));
             if !line.is_empty() {
-                dst.put_u8(b' ');
+                prefix[len] = b' ';
+                len += 1;
             }
         }
-        let room = MAX_REPLY_LINE - 2 - (dst.len() - start);
+        dst.reserve(len + line.len() + 2);
+        dst.put_slice(&prefix[..len]);
+        let room = MAX_REPLY_LINE - 2 - len;
         if !has_cr {
             dst.put_slice(&line.as_bytes()[..line.len().min(room)]);
         } else {
@@ -316,21 +321,6 @@ impl Reply {
         }
         dst.put_slice(b"\r\n");
     }
-}
-
-/// Appends a number in decimal without going through `fmt`.
-fn put_number(dst: &mut BytesMut, mut n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.put_slice(&digits[i..]);
 }
 
 fn itoa_3(code: u16) -> [u8; 4] {
