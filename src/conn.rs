@@ -540,6 +540,13 @@ where
                     return Box::pin(self.start_tls()).await;
                 }
                 Action::Check(check) => Box::pin(self.check(check)).await,
+                Action::AwaitAnswer { recipients } => {
+                    if Box::pin(self.answer_stream(recipients)).await {
+                        let _ = self.flush().await;
+                        return Flow::Close;
+                    }
+                    return Flow::Continue;
+                }
                 Action::Deliver(ctx) => {
                     if Box::pin(self.deliver(*ctx)).await {
                         // A 421 from the handler means "closing" (RFC 5321 3.8).
@@ -586,33 +593,57 @@ where
     /// was 421 and the connection must close.
     async fn deliver(&mut self, mut ctx: Context) -> bool {
         let recipients = ctx.recipients().len();
-        let started = Instant::now();
-        let result = if let Some(stream) = self.stream.take() {
-            let last = self.codec.take_body();
-            stream.finish(last, self.config.handler_timeout).await
-        } else {
-            match self.take_body().await {
-                Ok(body) => {
-                    ctx.set_body(body);
-                    self.call_service(ctx).await
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot spill message to disk");
-                    Ok(Delivery::All(Reply::insufficient_storage()))
-                }
+        // The clock only for the debug line that would show it.
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+        let result = match self.take_body().await {
+            Ok(body) => {
+                ctx.set_body(body);
+                self.call_service(ctx).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot spill message to disk");
+                Ok(Delivery::All(Reply::insufficient_storage()))
             }
         };
+        self.answered(result, recipients, started)
+    }
+
+    /// The end of a streamed message: its last chunk to the handler, then
+    /// the handler's answer.
+    async fn answer_stream(&mut self, recipients: usize) -> bool {
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+        let result = match self.stream.take() {
+            Some(stream) => {
+                let last = self.codec.take_body();
+                stream.finish(last, self.config.handler_timeout).await
+            }
+            // Not reached: the session asks for an answer only after a
+            // streaming call began. Nothing is acknowledged without one.
+            None => Err("the streaming call is gone".into()),
+        };
+        self.answered(result, recipients, started)
+    }
+
+    /// Queues the replies for a handler's answer; true if one is a 421.
+    fn answered(
+        &mut self,
+        result: Result<Delivery, BoxError>,
+        recipients: usize,
+        started: Option<Instant>,
+    ) -> bool {
         let delivery = match result {
             Ok(delivery) => delivery,
             Err(e) => Delivery::All(error_reply(e)),
         };
         self.reservation = None;
         let replies = self.session.delivered(delivery, recipients);
-        tracing::debug!(
-            code = replies.first().map_or(0, Reply::code),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "message answered"
-        );
+        if let Some(started) = started {
+            tracing::debug!(
+                code = replies.first().map_or(0, Reply::code),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "message answered"
+            );
+        }
         let mut closing = false;
         for r in replies {
             closing |= r.code() == 421;

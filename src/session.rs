@@ -84,6 +84,15 @@ pub enum Action {
     Receive(Option<Reply>),
     /// Hand the message to the service, then call [`Session::delivered`].
     Deliver(Box<Context>),
+    /// The body of a message whose service was called as it began (with
+    /// the context from [`Session::streaming_context`]) has ended: wait for
+    /// that call's answer, then call [`Session::delivered`] with these
+    /// `recipients`. No second context is made for a message already
+    /// handed on.
+    AwaitAnswer {
+        /// The message's recipients, for [`Session::delivered`].
+        recipients: usize,
+    },
 }
 
 /// How the body of a DATA or BDAT transfer ended.
@@ -145,6 +154,9 @@ struct Transaction {
     extensions: Option<SharedExtensions>,
     /// BDAT octets received so far; `Some` once BDAT was used.
     bdat_size: Option<u64>,
+    /// Its context went to a service as the body began
+    /// ([`Session::streaming_context`]).
+    streamed: bool,
 }
 
 /// One SMTP session's protocol state.
@@ -489,6 +501,7 @@ impl Session {
             envelope: Arc::new(envelope),
             extensions,
             bdat_size: None,
+            streamed: false,
         });
         Action::Reply(reply(250, (2, 1, 0), "Sender OK"))
     }
@@ -787,6 +800,13 @@ impl Session {
             return self.answer(bad_sequence("No transaction"));
         };
         match outcome {
+            Received::Complete(_) if t.streamed => {
+                self.messages += 1;
+                self.state = State::Delivering;
+                Action::AwaitAnswer {
+                    recipients: t.envelope.recipients.len(),
+                }
+            }
             Received::Complete(body) => {
                 self.messages += 1;
                 self.state = State::Delivering;
@@ -816,11 +836,13 @@ impl Session {
         }
     }
 
-    /// The context the transaction in progress will be delivered with, for
-    /// a service called while its body still arrives (streaming mode): same
-    /// id, envelope and extensions as the [`Action::Deliver`] at its end.
-    pub fn streaming_context(&self) -> Option<Context> {
-        let t = self.transaction.as_ref()?;
+    /// The context of the transaction in progress, for a service called
+    /// while its body still arrives (streaming mode): the id, envelope and
+    /// extensions an [`Action::Deliver`] would carry. The transaction then
+    /// ends with [`Action::AwaitAnswer`] instead.
+    pub fn streaming_context(&mut self) -> Option<Context> {
+        let t = self.transaction.as_mut()?;
+        t.streamed = true;
         let mut ctx = Context::numbered(
             self.info.clone(),
             t.envelope.clone(),

@@ -150,6 +150,7 @@ impl Conn {
                 let next = self.session.checked(Reply::ok());
                 self.perform(next);
             }
+            Action::AwaitAnswer { .. } => unreachable!("this driver never streams"),
             Action::Deliver(ctx) => {
                 self.events
                     .push(Event::Message(ctx.message().unwrap().to_vec()));

@@ -61,6 +61,7 @@ fn summary(action: &Action) -> String {
         Action::Check(Check::Mail(_)) => "check mail".into(),
         Action::Check(Check::Rcpt(_)) => "check rcpt".into(),
         Action::Deliver(_) => "deliver".into(),
+        Action::AwaitAnswer { recipients } => format!("await {recipients}"),
     }
 }
 
@@ -78,7 +79,10 @@ fn code(s: &mut Session, line: &str) -> u16 {
     match send(s, line) {
         Action::Reply(r) | Action::Close(r) | Action::StartTls(r) => r.code(),
         Action::Receive(Some(r)) => r.code(),
-        Action::Receive(None) | Action::Check(_) | Action::Deliver(_) => 0,
+        Action::Receive(None)
+        | Action::Check(_)
+        | Action::Deliver(_)
+        | Action::AwaitAnswer { .. } => 0,
     }
 }
 
@@ -473,6 +477,39 @@ fn null_sender_and_postmaster_are_accepted() {
             .iter()
             .all(|r| r.address().is_postmaster())
     );
+}
+
+#[test]
+fn a_streamed_message_ends_in_an_answer_for_its_context() {
+    // The streaming context is the message's one context: the end of its
+    // body asks for the handler's answer, with no second context, and the
+    // next message gets the next number.
+    let mut s = session();
+    for round in 1..=2 {
+        for line in ["MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "RCPT TO:<g@h.i>"] {
+            if round == 1 && line.starts_with("MAIL") {
+                assert!(code(&mut s, "EHLO x") < 400);
+            }
+            assert!(code(&mut s, line) < 400, "{line}");
+        }
+        assert_eq!(code(&mut s, "DATA"), 354);
+        let ctx = s.streaming_context().expect("a transaction is in progress");
+        assert!(
+            ctx.id().as_str().ends_with(&format!(".{round}")),
+            "{}",
+            ctx.id()
+        );
+        assert_eq!(ctx.recipients().len(), 2);
+        let action = s.received(Received::Complete(Bytes::new()));
+        assert_eq!(summary(&action), "await 2");
+        assert_eq!(s.delivered(Delivery::All(Reply::ok()), 2)[0].code(), 250);
+    }
+    // Without a streaming context, the same transaction is delivered.
+    for line in ["MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"] {
+        assert!(code(&mut s, line) < 400, "{line}");
+    }
+    let action = s.received(Received::Complete("hi\r\n".into()));
+    assert_eq!(summary(&action), "deliver");
 }
 
 #[test]
