@@ -4,5 +4,6 @@
 
 mod api;
 mod browser;
+mod ingest;
 mod support;
 mod webdriver;
