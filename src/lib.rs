@@ -13,6 +13,7 @@
 //!    bytes -> codec::SmtpCodec -> proto::Command -> session::Session (pure) -> Action
 //!    Action::Check   -> your hooks: on_connect / on_helo / authenticator / on_mail / on_rcpt
 //!    Action::Deliver -> your Service<Context> -> IntoDelivery -> Reply(s) -> socket
+//!    (streaming: the service is called as the body begins; Action::AwaitAnswer at its end)
 //! ```
 //!
 //! | module | what it holds |
