@@ -42,6 +42,9 @@ fuzz_target!(|data: &[u8]| {
     let mut src = BytesMut::new();
     let step = 1 + (flags as usize >> 4);
     let mut replies = 0usize;
+    // Half the inputs call the service as the body begins (streaming mode):
+    // their transactions end in AwaitAnswer instead of Deliver.
+    let streaming = input.len() % 2 == 1;
     for chunk in input.chunks(step) {
         src.extend_from_slice(chunk);
         while let Some(frame) = codec.decode(&mut src).expect("decode never fails") {
@@ -56,6 +59,10 @@ fuzz_target!(|data: &[u8]| {
                     Action::Reply(r) | Action::Receive(Some(r)) => {
                         check_reply(&r);
                         replies += 1;
+                        if streaming && r.code() == 354 {
+                            let ctx = session.streaming_context().expect("DATA inside a transaction");
+                            assert!(!ctx.recipients().is_empty(), "streaming without recipients");
+                        }
                         break;
                     }
                     Action::Receive(None) => break,
@@ -65,6 +72,14 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Action::Check(Check::Auth(_)) => session.authenticated(Ok(Identity::new("u"))),
                     Action::Check(_) => session.checked(Reply::ok()),
+                    Action::AwaitAnswer { recipients } => {
+                        assert!(streaming, "an answer awaited for a message nobody streamed");
+                        assert!(recipients > 0, "delivery without recipients");
+                        for r in session.delivered(Delivery::All(Reply::ok()), recipients) {
+                            check_reply(&r);
+                        }
+                        break;
+                    }
                     Action::Deliver(ctx) => {
                         assert!(!ctx.recipients().is_empty(), "delivery without recipients");
                         assert!(ctx.size() <= 4096, "delivery over the size limit");
