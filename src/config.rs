@@ -47,8 +47,10 @@ pub(crate) struct Config {
     /// What streaming bodies carry of the two spill settings above, made
     /// once (not per message) when first needed.
     pub spill_policy: std::sync::OnceLock<std::sync::Arc<crate::body::SpillPolicy>>,
-    /// The greeting's text, made once (not per connection) when first needed.
+    /// The greeting's and the QUIT reply's texts, made once (not per
+    /// connection) when first needed.
     pub greeting: std::sync::OnceLock<String>,
+    pub closing: std::sync::OnceLock<String>,
     /// The EHLO reply's lines after the first, without and with TLS, made
     /// once when first needed (`fmt` per connection costs ~2,000
     /// instructions, a tenth of a connection's work).
@@ -79,6 +81,12 @@ impl Config {
             let protocol = if self.lmtp { "LMTP" } else { "ESMTP" };
             format!("{} {protocol} Service ready", self.hostname)
         })
+    }
+
+    /// The 221 reply's text (QUIT).
+    pub fn closing(&self) -> &str {
+        self.closing
+            .get_or_init(|| format!("{} Service closing transmission channel", self.hostname))
     }
 
     /// The EHLO keywords offered in a session with or without TLS, one a
@@ -186,6 +194,7 @@ impl Default for Config {
             observer: None,
             spill_policy: std::sync::OnceLock::new(),
             greeting: std::sync::OnceLock::new(),
+            closing: std::sync::OnceLock::new(),
             ehlo_keywords: Default::default(),
         }
     }

@@ -374,14 +374,7 @@ impl Session {
 
     fn quit(&mut self) -> Action {
         self.state = State::Closed;
-        Action::Close(Reply::new(
-            221,
-            (2, 0, 0),
-            format!(
-                "{} Service closing transmission channel",
-                self.config.hostname
-            ),
-        ))
+        Action::Close(Reply::new(221, (2, 0, 0), self.config.closing().to_owned()))
     }
 
     fn helo(&mut self, greeting: Greeting) -> Action {
