@@ -44,17 +44,30 @@ pub(crate) struct Config {
     pub shutdown_grace: Duration,
     pub hooks: HookFlags,
     pub observer: Option<crate::observe::SharedObserver>,
-    /// What streaming bodies carry of the two spill settings above, made
-    /// once (not per message) when first needed.
-    pub spill_policy: std::sync::OnceLock<std::sync::Arc<crate::body::SpillPolicy>>,
-    /// The greeting's and the QUIT reply's texts, made once (not per
-    /// connection) when first needed.
-    pub greeting: std::sync::OnceLock<String>,
-    pub closing: std::sync::OnceLock<String>,
-    /// The EHLO reply's lines after the first, without and with TLS, made
-    /// once when first needed (`fmt` per connection costs ~2,000
-    /// instructions, a tenth of a connection's work).
-    pub ehlo_keywords: [std::sync::OnceLock<String>; 2],
+    /// What is made from the settings above once, when first needed (not
+    /// per connection or message).
+    pub made: Made,
+}
+
+/// Values made from a [`Config`]'s settings once, when first needed: the
+/// spill policy streaming bodies carry, the greeting, the QUIT reply, the
+/// EHLO keywords (`fmt` per connection cost ~2,000 instructions, a tenth of
+/// a connection's work). A clone starts empty: a config cloned to change a
+/// setting (the implicit-TLS listener's) must not inherit what was made
+/// from the old one.
+#[derive(Debug, Default)]
+pub(crate) struct Made {
+    spill_policy: std::sync::OnceLock<std::sync::Arc<crate::body::SpillPolicy>>,
+    greeting: std::sync::OnceLock<String>,
+    closing: std::sync::OnceLock<String>,
+    /// Without and with TLS.
+    ehlo_keywords: [std::sync::OnceLock<String>; 2],
+}
+
+impl Clone for Made {
+    fn clone(&self) -> Self {
+        Made::default()
+    }
 }
 
 impl Config {
@@ -65,7 +78,8 @@ impl Config {
 
     /// The spill settings a streaming body carries (shared by every message).
     pub fn spill_policy(&self) -> std::sync::Arc<crate::body::SpillPolicy> {
-        self.spill_policy
+        self.made
+            .spill_policy
             .get_or_init(|| {
                 std::sync::Arc::new(crate::body::SpillPolicy {
                     threshold: self.spill_threshold,
@@ -77,7 +91,7 @@ impl Config {
 
     /// The 220 greeting's text.
     pub fn greeting(&self) -> &str {
-        self.greeting.get_or_init(|| {
+        self.made.greeting.get_or_init(|| {
             let protocol = if self.lmtp { "LMTP" } else { "ESMTP" };
             format!("{} {protocol} Service ready", self.hostname)
         })
@@ -85,14 +99,15 @@ impl Config {
 
     /// The 221 reply's text (QUIT).
     pub fn closing(&self) -> &str {
-        self.closing
+        self.made
+            .closing
             .get_or_init(|| format!("{} Service closing transmission channel", self.hostname))
     }
 
     /// The EHLO keywords offered in a session with or without TLS, one a
     /// line, each line starting with `\n` (they follow the `Hello` line).
     pub fn ehlo_keywords(&self, tls: bool) -> &str {
-        self.ehlo_keywords[usize::from(tls)].get_or_init(|| {
+        self.made.ehlo_keywords[usize::from(tls)].get_or_init(|| {
             use std::fmt::Write as _;
             let mut text = String::with_capacity(256);
             let _ = write!(
@@ -192,10 +207,36 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(60),
             hooks: HookFlags::default(),
             observer: None,
-            spill_policy: std::sync::OnceLock::new(),
-            greeting: std::sync::OnceLock::new(),
-            closing: std::sync::OnceLock::new(),
-            ehlo_keywords: Default::default(),
+            made: Made::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_clone_makes_its_own_texts() {
+        let config = Config {
+            hostname: "old.example".into(),
+            ..Config::default()
+        };
+        assert!(config.greeting().starts_with("old.example "));
+        assert_eq!(
+            config.ehlo_keywords(false).contains("\nSTARTTLS"),
+            config.starttls
+        );
+        let changed = Config {
+            hostname: "new.example".into(),
+            starttls: !config.starttls,
+            ..config.clone()
+        };
+        assert!(changed.greeting().starts_with("new.example "));
+        assert!(changed.closing().starts_with("new.example "));
+        assert_eq!(
+            changed.ehlo_keywords(false).contains("\nSTARTTLS"),
+            changed.starttls
+        );
     }
 }

@@ -541,22 +541,25 @@ where
                 }
                 Action::Check(check) => Box::pin(self.check(check)).await,
                 Action::AwaitAnswer { recipients } => {
-                    if Box::pin(self.answer_stream(recipients)).await {
-                        let _ = self.flush().await;
-                        return Flow::Close;
-                    }
-                    return Flow::Continue;
+                    let closing = Box::pin(self.answer_stream(recipients)).await;
+                    return self.after_answer(closing).await;
                 }
                 Action::Deliver(ctx) => {
-                    if Box::pin(self.deliver(*ctx)).await {
-                        // A 421 from the handler means "closing" (RFC 5321 3.8).
-                        let _ = self.flush().await;
-                        return Flow::Close;
-                    }
-                    return Flow::Continue;
+                    let closing = Box::pin(self.deliver(*ctx)).await;
+                    return self.after_answer(closing).await;
                 }
             };
         }
+    }
+
+    /// After a handler's answer was queued: a 421 from the handler means
+    /// "closing" (RFC 5321 3.8).
+    async fn after_answer(&mut self, closing: bool) -> Flow {
+        if closing {
+            let _ = self.flush().await;
+            return Flow::Close;
+        }
+        Flow::Continue
     }
 
     async fn check(&mut self, check: Check) -> Action {
