@@ -17,6 +17,7 @@
 pub mod api;
 pub mod id;
 pub mod mime;
+pub mod packed;
 pub mod search;
 pub mod service;
 pub mod shutdown;

@@ -568,6 +568,94 @@ async fn address_index_is_built_for_an_older_database() {
 }
 
 /// A database path in a new temporary directory, removed with the guard.
+/// Raw sources are stored LZ4-packed when that saves space and as received
+/// when it does not; both, and rows from a database made before packing
+/// existed, read back byte-exact and stay searchable.
+#[tokio::test]
+async fn raw_sources_are_packed_when_that_pays_and_read_back_byte_exact() {
+    let (_dir, db) = database_file();
+    let db = db.as_str();
+    let text: String = (0..300)
+        .map(|i| format!("line {i} of the report\r\n"))
+        .collect();
+    let packable = simple("a@example.com", "b@example.com", "packable", &text);
+    // Printable noise: nothing for LZ4 to find.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: String = (0..8000)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 76 == 75 {
+                '\n'
+            } else {
+                (b'!' + (x % 94) as u8) as char
+            }
+        })
+        .collect::<String>()
+        .replace('\n', "\r\n");
+    let noisy = simple("a@example.com", "b@example.com", "noisy", &noise);
+    let mut first = Inbox::start(&["--database", db]);
+    smtp_send(first.smtp, "a@example.com", &["b@example.com"], &packable).await;
+    smtp_send(first.smtp, "a@example.com", &["b@example.com"], &noisy).await;
+    assert!(first.terminate().success());
+    let stored = |c: &rusqlite::Connection| -> Vec<(String, i64, i64, bool)> {
+        c.prepare(
+            "SELECT m.subject, m.size, length(r.data), r.packed FROM messages m \
+             JOIN raw r ON r.id = m.id ORDER BY m.id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    {
+        let c = rusqlite::Connection::open(db).unwrap();
+        let rows = stored(&c);
+        assert_eq!((rows[0].0.as_str(), rows[0].3), ("packable", true));
+        assert_eq!(rows[0].1, packable.len() as i64);
+        assert!(rows[0].2 * 4 < rows[0].1, "packed to a quarter: {rows:?}");
+        assert_eq!((rows[1].0.as_str(), rows[1].3), ("noisy", false));
+        assert_eq!(rows[1].2, noisy.len() as i64, "kept as received");
+        // Make it a database from before packing: sources as received, no
+        // `packed` column.
+        c.execute(
+            "UPDATE raw SET data = ?1, packed = 0 WHERE id = 1",
+            [&packable],
+        )
+        .unwrap();
+        c.execute_batch("ALTER TABLE raw DROP COLUMN packed")
+            .unwrap();
+    }
+    let mut second = Inbox::start(&["--database", db]);
+    let again = simple("a@example.com", "b@example.com", "packable again", &text);
+    smtp_send(second.smtp, "a@example.com", &["b@example.com"], &again).await;
+    let list = second.get_json("/api/v1/messages", 200).await;
+    assert_eq!(subjects(&list), ["packable again", "noisy", "packable"]);
+    for (m, sent) in list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip([&again, &noisy, &packable])
+    {
+        let id = m["ID"].as_str().unwrap();
+        let (status, raw, _) = second.get_bytes(&format!("/api/v1/message/{id}/raw")).await;
+        assert_eq!((status, &raw), (200, sent), "{}", m["Subject"]);
+        assert_eq!(m["Size"], sent.len());
+    }
+    let s = second.get_json("/api/v1/search?query=report", 200).await;
+    assert_eq!(subjects(&s), ["packable again", "packable"]);
+    assert!(second.terminate().success());
+    let c = rusqlite::Connection::open(db).unwrap();
+    let rows = stored(&c);
+    assert_eq!(
+        rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+        [false, false, true],
+        "older rows stay as they were, the new one is packed"
+    );
+}
+
 fn database_file() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("inbox.db").to_str().unwrap().to_owned();
