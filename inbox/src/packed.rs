@@ -82,7 +82,7 @@ mod tests {
             })
             .collect();
         assert!(pack(&noise).is_none());
-        assert!(pack(b"").is_none() || unpack(&pack(b"").unwrap(), 0).unwrap().is_empty());
+        assert!(pack(b"").is_none(), "nothing to save on an empty message");
     }
 
     #[test]
