@@ -884,12 +884,23 @@ struct Row {
     cc_words: String,
     bcc_words: String,
     addr_tokens: String,
-    /// The raw message compressed, when that pays (see `packed`).
-    packed_raw: Option<Vec<u8>>,
+    /// What the `raw` table gets: the message packed when that pays (see
+    /// `packed`), else as received. `message.raw` is left empty, so that a
+    /// queued message is held once, not twice.
+    raw: Bytes,
+    packed: bool,
+    /// The message's size as received.
+    size: usize,
 }
 
 impl Row {
-    fn new(message: NewMessage) -> Row {
+    fn new(mut message: NewMessage) -> Row {
+        let size = message.raw.len();
+        let (raw, packed) = match crate::packed::pack(&message.raw) {
+            Some(small) => (Bytes::from(small), true),
+            None => (std::mem::take(&mut message.raw), false),
+        };
+        message.raw = Bytes::new();
         let json = |a: &Vec<Address>| serde_json::to_string(a).unwrap_or_else(|_| "[]".into());
         let words = |a: &[Address]| {
             a.iter()
@@ -914,7 +925,9 @@ impl Row {
                 &message.cc,
                 &message.bcc,
             ),
-            packed_raw: crate::packed::pack(&message.raw),
+            raw,
+            packed,
+            size,
             message,
         }
     }
@@ -933,7 +946,7 @@ impl Row {
             subject: m.subject.clone(),
             created: crate::time::rfc3339_ms(m.created_ms),
             tags: Vec::new(),
-            size: m.raw.len() as u64,
+            size: self.size as u64,
             attachments: m.attachments,
             snippet: m.snippet.clone(),
         }
@@ -1182,17 +1195,13 @@ fn insert(c: &Connection, row: &Row) -> Result<(), StoreError> {
         row.bcc_json,
         row.reply_to_json,
         m.return_path,
-        m.raw.len() as i64,
+        row.size as i64,
         m.attachments,
         m.snippet,
     ])?;
     let rowid = c.last_insert_rowid();
-    let (data, packed) = match &row.packed_raw {
-        Some(small) => (small.as_slice(), true),
-        None => (m.raw.as_ref(), false),
-    };
     c.prepare_cached("INSERT INTO raw (id, data, packed) VALUES (?1, ?2, ?3)")?
-        .execute(params![rowid, data, packed])?;
+        .execute(params![rowid, row.raw.as_ref(), row.packed])?;
     c.prepare_cached(
         "INSERT INTO fts (rowid, subject, from_addr, to_addr, cc_addr, bcc_addr, message_id, body) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
