@@ -45,7 +45,13 @@ struct Example {
 impl Example {
     /// Starts `name` with `args` and waits for its `listeners` bound addresses.
     fn start(name: &str, args: &[&str], cwd: Option<&Path>, listeners: usize) -> Example {
-        let mut child = command(name, args, cwd)
+        Example::spawn(name, command(name, args, cwd), listeners)
+    }
+
+    /// As [`Example::start`], for a command made by the caller (e.g. the
+    /// example run under `taskset`).
+    fn spawn(name: &str, mut command: Command, listeners: usize) -> Example {
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -123,8 +129,14 @@ impl Drop for Example {
 
 fn command(name: &str, args: &[&str], cwd: Option<&Path>) -> Command {
     let mut cmd = Command::new(example_binary(name));
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    in_test_environment(cmd, cwd)
+}
+
+/// Sets up `cmd` (an example, or a program that runs one) as every
+/// example runs in these tests.
+fn in_test_environment(mut cmd: Command, cwd: Option<&Path>) -> Command {
+    cmd.stdin(Stdio::null())
         .stderr(Stdio::piped())
         .env("RUST_LOG", "info");
     // The webhook is on 127.0.0.1: no proxy from the environment may sit
@@ -457,6 +469,53 @@ async fn mailsink_discard_stores_nothing() {
         files(cwd.path()).is_empty(),
         "--discard must not write anything"
     );
+}
+
+/// The threads of process `pid`, from `/proc/PID/status`.
+fn thread_count(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line["Threads:".len()..].trim().parse().unwrap()
+}
+
+/// With the default `--threads 0` on one CPU (here: `taskset` to the first
+/// CPU this test may use), mailsink runs on the current-thread runtime, as
+/// with `--threads 1`: a thread of its own, no worker to wake per message.
+/// Given more CPUs it runs worker threads.
+#[tokio::test]
+async fn mailsink_default_threads_is_one_thread_on_one_cpu() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let first_cpu = allowed.split([',', '-']).next().unwrap();
+    let mut taskset = Command::new("taskset");
+    taskset
+        .args(["-c", first_cpu])
+        .arg(example_binary("mailsink"))
+        .args(["--listen", "127.0.0.1:0", "--discard"]);
+    let pinned = Example::spawn("mailsink", in_test_environment(taskset, None), 1);
+    let reply = send(
+        &client(pinned.port()).build(),
+        &envelope(Some("ann@example.org"), &["bob@example.com"]),
+        ONE,
+    )
+    .await
+    .unwrap();
+    assert!(reply.is_positive());
+    assert_eq!(thread_count(pinned.child.id()), 1, "one CPU, one thread");
+
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        let free = Example::start(
+            "mailsink",
+            &["--listen", "127.0.0.1:0", "--discard"],
+            None,
+            1,
+        );
+        assert!(thread_count(free.child.id()) > 2, "a worker per CPU");
+    }
 }
 
 #[tokio::test]

@@ -146,8 +146,9 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_connections_per_ip: Option<usize>,
 
-    /// Worker threads: 0 (the default) uses one per CPU; 1 runs everything
-    /// on one thread, which costs the least CPU per message.
+    /// Worker threads: 0 (the default) uses one per CPU the process may run
+    /// on; 1 runs everything on one thread, which costs the least CPU per
+    /// message, and is what 0 means when the process may use only one CPU.
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
 
@@ -222,22 +223,34 @@ fn init_logging() {
     }
 }
 
+/// The runtime `--threads` asks for. One thread, asked for or all the
+/// process may use (`taskset`, a cgroup's CPU quota), is the current-thread
+/// runtime: a multi-thread runtime with one worker costs more per message
+/// for nothing (its worker parks and is woken through a futex, and
+/// `block_on` hands work across threads). Otherwise tokio's default stays,
+/// `TOKIO_WORKER_THREADS` included.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let one_cpu = || {
+        std::env::var_os("TOKIO_WORKER_THREADS").is_none()
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() == 1)
+    };
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 if one_cpu() => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
-    let runtime = match args.threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
+    let runtime = match runtime(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mailsink: cannot start the runtime: {e}");
