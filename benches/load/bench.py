@@ -52,6 +52,8 @@ MESSAGE_METRICS = [
     ("mib_per_s", "MiB/s payload", "{:.1f}"),
     ("cpu_s", "server CPU s (user+sys)", "{:.2f}"),
     ("cpu_us_per_msg", "server CPU µs/msg (lower is better)", "{:.1f}"),
+    ("user_us_per_msg", "of which user space, µs/msg", "{:.1f}"),
+    ("sys_us_per_msg", "of which kernel, µs/msg", "{:.1f}"),
     ("peak_rss_mib", "server peak RSS MiB (VmHWM)", "{:.1f}"),
 ]
 IDLE_METRICS = [
@@ -120,12 +122,12 @@ def on_signal(signum, _frame):
 # ---------------------------------------------------------------- /proc
 
 
-def cpu_seconds(pid):
-    """utime + stime of all threads of `pid`, in seconds."""
+def cpu_times(pid):
+    """(utime, stime) of all threads of `pid`, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def status_kib(pid, key):
@@ -213,7 +215,7 @@ def run_messages(server, cfg, sessions, messages, size, reuse):
     if reuse:
         argv.append("-d")
     argv.append(f"{LOOPBACK}:{server.port}")
-    cpu_before = cpu_seconds(server.pid)
+    user_before, sys_before = cpu_times(server.pid)
     started = time.monotonic()
     gen = spawn(argv, cpus=cfg["client_cpus"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -225,7 +227,9 @@ def run_messages(server, cfg, sessions, messages, size, reuse):
     CHILDREN.remove(gen)
     time.sleep(0.2)  # let the server finish the last QUIT before reading its CPU
     server.check_alive()
-    cpu = cpu_seconds(server.pid) - cpu_before
+    user_after, sys_after = cpu_times(server.pid)
+    user, system = user_after - user_before, sys_after - sys_before
+    cpu = user + system
     peak = status_kib(server.pid, "VmHWM")
     counters = [t for t in out.replace(b"\r", b"\n").split() if t.isdigit()]
     sent = int(counters[-1]) if counters else 0
@@ -240,6 +244,8 @@ def run_messages(server, cfg, sessions, messages, size, reuse):
         "mib_per_s": messages * size / MIB / wall,
         "cpu_s": cpu,
         "cpu_us_per_msg": cpu * 1e6 / messages,
+        "user_us_per_msg": user * 1e6 / messages,
+        "sys_us_per_msg": system * 1e6 / messages,
         "peak_rss_mib": peak / KIB,
     }
 
@@ -511,8 +517,49 @@ def render(cfg, facts, results, started_at):
                     for n in names if n != "smtp-sink"
                 ]
                 lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    if floor:
+        lines += per_round_ratios(cfg, results)
     lines += ["", "Higher is better unless the metric says otherwise; MiB/s counts payload only."]
     return "\n".join(lines) + "\n"
+
+
+def per_round_ratios(cfg, results):
+    """Each server's CPU per message over floor-sink's in the same round.
+
+    The servers of a round run back to back, so a ratio taken within the
+    round cancels most of what moves a shared machine from one minute to the
+    next; the median of those ratios is steadier than a ratio of medians.
+    """
+    names = [n for n in cfg["servers"] if n != "floor-sink"]
+    if all(name == "W4" for name in cfg["workloads"]):
+        return []
+    lines = [
+        "",
+        "Server CPU per message over floor-sink's in the same round "
+        "(median of the rounds, lowest and highest):",
+        "",
+        "| workload | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for name in cfg["workloads"]:
+        if name == "W4":
+            continue
+        per_server = results.get(name, {})
+        cells = []
+        for server in names:
+            pairs = zip(per_server.get(server, []), per_server.get("floor-sink", []))
+            ratios = [
+                r["cpu_us_per_msg"] / f["cpu_us_per_msg"]
+                for r, f in pairs
+                if r is not None and f is not None and f["cpu_us_per_msg"] > 0
+            ]
+            cells.append(
+                f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+                if ratios
+                else "n/a"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def medians_of(cfg, per_server, key):
