@@ -24,11 +24,10 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Decoder;
-use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::Instrument;
 
@@ -43,6 +42,7 @@ use crate::observe::{self, CloseReason, Event};
 use crate::proto::{BdatOutcome, DataOutcome, Reply};
 use crate::reply_conv::{BoxError, Delivery, IntoDelivery, error_reply};
 use crate::session::{Action, Check, InputMode, Received, Session};
+use crate::shutdown::ShutdownWatch;
 use crate::stage::Connect;
 use crate::streaming::StreamingCall;
 use crate::tls::{TlsConfig, TlsInfo};
@@ -165,7 +165,7 @@ pub(crate) struct Connection<IO, S> {
     spill: Option<Spill>,
     /// The handler call of a message in streaming mode.
     stream: Option<StreamingCall>,
-    shutdown: CancellationToken,
+    shutdown: ShutdownWatch,
     deadline: Instant,
     /// The read deadline's timer, kept armed across waits (see
     /// `wait_for_input`); boxed because a `Sleep` must not move.
@@ -196,7 +196,7 @@ where
         tls: Option<TlsConfig>,
         config: Arc<Config>,
         budget: Option<Arc<MemoryBudget>>,
-        shutdown: CancellationToken,
+        shutdown: ShutdownWatch,
     ) -> Box<Self> {
         let mut info = info;
         if let Transport::Tls(stream) = &transport {
@@ -877,6 +877,11 @@ where
 
     /// Waits for input until the deadline, or for shutdown when idle; `None`
     /// when `release_at` (before the deadline) came first.
+    ///
+    /// The caller has just polled the read and found no input, which
+    /// registered this task to be woken by the next: the first poll here
+    /// does not read again (a wait is several times per message, and a
+    /// read poll is most of what a wait costs).
     async fn wait_for_input(
         &mut self,
         receiving: bool,
@@ -889,51 +894,60 @@ where
         };
         let idle = !self.session.in_transaction() && self.read_buf.is_empty();
         let grace = self.config.shutdown_grace;
-        // Borrowed, not cloned: a clone takes the token's lock. Whether it
-        // is cancelled is not asked up front either (another lock): its
-        // future answers that at its first poll, after the read's, and a
-        // wait ended by the read (the usual end) never polls it again.
-        let shutdown = &self.shutdown;
-        let mut grace_end = None;
-        let read = self.transport.read_buf(&mut self.read_buf);
-        tokio::pin!(read);
-        let timer = &mut self.timer;
-        loop {
-            let until = grace_end.map_or(deadline, |g: Instant| g.min(deadline));
-            let wake_at = release_at.map_or(until, |r| r.min(until));
-            // The connection's one timer stays in the timer wheel between
-            // waits: re-armed only when the deadline moved earlier, or when
-            // it went off at an earlier deadline than the one now in force
-            // (deadlines mostly move later: a new command, more data), so a
-            // wait costs no timer insertion and removal.
-            if timer.deadline() > wake_at || (timer.deadline() < wake_at && timer.is_elapsed()) {
-                timer.as_mut().reset(wake_at);
+        let Self {
+            transport,
+            read_buf,
+            timer,
+            shutdown,
+            ..
+        } = self;
+        let mut grace_end: Option<Instant> = None;
+        let mut read_polled = true;
+        std::future::poll_fn(|cx| {
+            if !std::mem::take(&mut read_polled)
+                && let Poll::Ready(r) =
+                    tokio_util::io::poll_read_buf(Pin::new(&mut *transport), cx, &mut *read_buf)
+            {
+                return Poll::Ready(Ok(Some(r)));
             }
-            tokio::select! {
-                biased;
-                r = &mut read => return Ok(Some(r)),
+            loop {
+                let until = grace_end.map_or(deadline, |g| g.min(deadline));
+                let wake_at = release_at.map_or(until, |r| r.min(until));
+                // The connection's one timer stays in the timer wheel between
+                // waits: re-armed only when the deadline moved earlier, or
+                // when it went off at an earlier deadline than the one now in
+                // force (deadlines mostly move later: a new command, more
+                // data), so a wait costs no timer insertion and removal.
+                if timer.deadline() > wake_at || (timer.deadline() < wake_at && timer.is_elapsed())
+                {
+                    timer.as_mut().reset(wake_at);
+                }
                 // Once shutdown is signalled, a transaction in progress may
-                // finish, but a silent client waits at most the grace.
-                _ = shutdown.cancelled(), if grace_end.is_none() => {
+                // finish, but a silent client waits at most the grace. One
+                // atomic load while it is not (see `shutdown`).
+                if grace_end.is_none() && shutdown.poll_signalled(cx).is_ready() {
                     if idle {
-                        return Err(ReadStop::Shutdown);
+                        return Poll::Ready(Err(ReadStop::Shutdown));
                     }
                     grace_end = Some(Instant::now() + grace);
+                    continue;
                 }
-                () = timer.as_mut() => {
-                    if release_at.is_some_and(|r| r < until && timer.deadline() >= r) {
-                        return Ok(None);
-                    }
-                    if timer.deadline() < until {
-                        // Armed for an earlier deadline: re-armed above.
-                        continue;
-                    }
-                    return match grace_end {
-                        Some(g) if g < deadline => Err(ReadStop::Shutdown),
-                        _ => Err(ReadStop::Timeout),
-                    };
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
+                if release_at.is_some_and(|r| r < until && timer.deadline() >= r) {
+                    return Poll::Ready(Ok(None));
+                }
+                if timer.deadline() < until {
+                    // Armed for an earlier deadline: re-armed above.
+                    continue;
+                }
+                return Poll::Ready(match grace_end {
+                    Some(g) if g < deadline => Err(ReadStop::Shutdown),
+                    _ => Err(ReadStop::Timeout),
+                });
             }
-        }
+        })
+        .await
     }
 }

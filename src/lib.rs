@@ -76,6 +76,7 @@ mod reply_conv;
 pub mod sasl;
 mod server;
 pub mod session;
+mod shutdown;
 pub mod stage;
 mod streaming;
 pub mod tls;

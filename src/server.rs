@@ -15,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
@@ -30,6 +29,7 @@ use crate::observe::{Event, report};
 use crate::proto::LineEndings;
 use crate::proxy::{TrustedProxies, read_header_with_timeout};
 use crate::reply_conv::{BoxError, IntoDelivery, IntoReply};
+use crate::shutdown::Shutdown;
 use crate::stage::{Authenticate, Connect, Helo, MailFrom, RcptTo};
 use crate::tls::TlsConfig;
 
@@ -761,7 +761,7 @@ impl Server {
             self.tls.clone(),
             self.config.clone(),
             Some(self.budget.clone()),
-            CancellationToken::new(),
+            Shutdown::new().watch(),
         )
         .run()
         .await
@@ -812,7 +812,7 @@ where
             budget: server.budget.clone(),
             connections: Arc::new(Semaphore::new(server.config.max_connections)),
             per_ip: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
+            shutdown: Shutdown::new(),
             tracker: TaskTracker::new(),
         });
         let mut accepting = tokio::task::JoinSet::new();
@@ -829,7 +829,7 @@ where
             Some(_) = accepting.join_next() => {}
         }
         tracing::info!("shutting down: no new connections");
-        shared.shutdown.cancel();
+        shared.shutdown.signal();
         accepting.shutdown().await;
         shared.tracker.close();
         shared.tracker.wait().await;
@@ -885,7 +885,7 @@ struct Shared {
     budget: Arc<MemoryBudget>,
     connections: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     tracker: TaskTracker,
 }
 
@@ -931,9 +931,10 @@ where
     S::Future: Send + 'static,
 {
     let mut backoff = Duration::from_millis(5);
+    let mut shutdown = shared.shutdown.watch();
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            () = std::future::poll_fn(|cx| shutdown.poll_signalled(cx)) => return,
             r = listener.tcp.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -1062,7 +1063,7 @@ async fn handle<S>(
         tls,
         config,
         Some(shared.budget.clone()),
-        shared.shutdown.clone(),
+        shared.shutdown.watch(),
     )
     .run()
     .await
