@@ -639,18 +639,19 @@ where
             Err(e) => Delivery::All(error_reply(e)),
         };
         self.reservation = None;
-        let replies = self.session.delivered(delivery, recipients);
+        let (mut first_code, mut closing) = (None, false);
+        let write_buf = &mut self.write_buf;
+        self.session.answer_delivery(delivery, recipients, |r| {
+            first_code.get_or_insert(r.code());
+            closing |= r.code() == 421;
+            r.encode(write_buf);
+        });
         if let Some(started) = started {
             tracing::debug!(
-                code = replies.first().map_or(0, Reply::code),
+                code = first_code.unwrap_or(0),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "message answered"
             );
-        }
-        let mut closing = false;
-        for r in replies {
-            closing |= r.code() == 421;
-            r.encode(&mut self.write_buf);
         }
         closing
     }

@@ -789,17 +789,25 @@ impl Session {
     }
 
     fn finish_message(&mut self, outcome: Received) -> Action {
+        let Some(streamed) = self.transaction.as_ref().map(|t| t.streamed) else {
+            return self.answer(bad_sequence("No transaction"));
+        };
+        if streamed && matches!(outcome, Received::Complete(_)) {
+            // Dropped where it is: its envelope went out with the streaming
+            // context, and moving it out first would only copy it.
+            let recipients = self
+                .transaction
+                .as_ref()
+                .map_or(0, |t| t.envelope.recipients.len());
+            self.transaction = None;
+            self.messages += 1;
+            self.state = State::Delivering;
+            return Action::AwaitAnswer { recipients };
+        }
         let Some(t) = self.transaction.take() else {
             return self.answer(bad_sequence("No transaction"));
         };
         match outcome {
-            Received::Complete(_) if t.streamed => {
-                self.messages += 1;
-                self.state = State::Delivering;
-                Action::AwaitAnswer {
-                    recipients: t.envelope.recipients.len(),
-                }
-            }
             Received::Complete(body) => {
                 self.messages += 1;
                 self.state = State::Delivering;
@@ -853,22 +861,50 @@ impl Session {
     /// The service's answer for a delivered message: the replies to send
     /// (one, or one per recipient in LMTP).
     pub fn delivered(&mut self, delivery: Delivery, recipients: usize) -> Vec<Reply> {
+        let mut replies = Vec::with_capacity(if self.config.lmtp {
+            recipients.max(1)
+        } else {
+            1
+        });
+        self.answer_delivery(delivery, recipients, |r| replies.push(r));
+        replies
+    }
+
+    /// [`Session::delivered`] without the `Vec`: each reply goes to `send`,
+    /// in order (the connection encodes them as they come; one allocation
+    /// less per message).
+    pub(crate) fn answer_delivery(
+        &mut self,
+        delivery: Delivery,
+        recipients: usize,
+        mut send: impl FnMut(Reply),
+    ) {
         self.state = State::Command;
         if self.config.lmtp {
-            return match delivery {
-                Delivery::All(r) => vec![r; recipients.max(1)],
-                Delivery::PerRecipient(mut v) => {
-                    // One reply per recipient, whatever the handler returned.
+            // One reply per recipient, whatever the handler returned.
+            let n = recipients.max(1);
+            match delivery {
+                Delivery::All(r) => {
+                    for _ in 1..n {
+                        send(r.clone());
+                    }
+                    send(r);
+                }
+                Delivery::PerRecipient(v) => {
                     let filler = v
                         .last()
                         .cloned()
                         .unwrap_or_else(|| reply(451, (4, 3, 0), "No answer for this recipient"));
-                    v.resize(recipients.max(1), filler);
-                    v
+                    let given = v.len();
+                    v.into_iter().take(n).for_each(&mut send);
+                    for _ in given..n {
+                        send(filler.clone());
+                    }
                 }
-            };
+            }
+            return;
         }
-        let r = match delivery {
+        send(match delivery {
             Delivery::All(r) => r,
             Delivery::PerRecipient(v) => match v.iter().find(|r| r.code() < 400) {
                 Some(ok) => ok.clone(),
@@ -878,8 +914,7 @@ impl Session {
                     .next()
                     .unwrap_or_else(|| reply(451, (4, 3, 0), "No answer for this message")),
             },
-        };
-        vec![r]
+        });
     }
 }
 
